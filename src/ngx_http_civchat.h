@@ -1,0 +1,205 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#ifndef _NGX_HTTP_CIVCHAT_H_INCLUDED_
+#define _NGX_HTTP_CIVCHAT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+
+#define NGX_HTTP_CIVCHAT_KEY_LEN         16
+#define NGX_HTTP_CIVCHAT_KEY_MIN         12
+#define NGX_HTTP_CIVCHAT_KEY_MAX         32
+#define NGX_HTTP_CIVCHAT_NAME_MAX        64
+#define NGX_HTTP_CIVCHAT_USER_ID_MAX     128
+#define NGX_HTTP_CIVCHAT_EMAIL_MAX       254
+#define NGX_HTTP_CIVCHAT_EVENT_ID_LEN    32
+
+
+/* attribute types declared with civchat_attribute */
+#define NGX_HTTP_CIVCHAT_TYPE_NONE       0
+#define NGX_HTTP_CIVCHAT_TYPE_STRING     1
+#define NGX_HTTP_CIVCHAT_TYPE_INTEGER    2
+#define NGX_HTTP_CIVCHAT_TYPE_FLOAT      3
+#define NGX_HTTP_CIVCHAT_TYPE_BOOLEAN    4
+#define NGX_HTTP_CIVCHAT_TYPE_DATE       5
+#define NGX_HTTP_CIVCHAT_TYPE_DATETIME   6
+#define NGX_HTTP_CIVCHAT_TYPE_FIXED      7
+#define NGX_HTTP_CIVCHAT_TYPE_MULTI      8
+
+
+/* endpoints */
+#define NGX_HTTP_CIVCHAT_INIT            1
+#define NGX_HTTP_CIVCHAT_PAGE_HIT        2
+#define NGX_HTTP_CIVCHAT_RESET_AUTH      3
+#define NGX_HTTP_CIVCHAT_UPDATE          4
+#define NGX_HTTP_CIVCHAT_EVENT           5
+#define NGX_HTTP_CIVCHAT_PRODUCT_EVENT   6
+
+
+typedef struct ngx_http_civchat_zone_s   ngx_http_civchat_zone_t;
+typedef struct ngx_http_civchat_sink_s   ngx_http_civchat_sink_t;
+typedef struct ngx_http_civchat_profile_s  ngx_http_civchat_profile_t;
+
+
+typedef struct {
+    ngx_str_t                     name;      /* normalised */
+    ngx_uint_t                    type;
+} ngx_http_civchat_attr_decl_t;
+
+
+typedef struct {
+    ngx_array_t                  *zones;     /* ngx_http_civchat_zone_t * */
+    ngx_array_t                  *sinks;     /* ngx_http_civchat_sink_t * */
+} ngx_http_civchat_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                    enable;
+    ngx_http_civchat_zone_t      *zone;
+    ngx_array_t                  *api_keys;       /* ngx_str_t */
+    ngx_http_civchat_sink_t      *sink;           /* NULL: store off */
+    ngx_uint_t                    sink_set;
+
+    ngx_str_t                     cookie_name;
+    ngx_str_t                     cookie_domain;
+    time_t                        cookie_max_age;
+    ngx_flag_t                    cookie_httponly;
+
+    ngx_flag_t                    unified;
+    ngx_flag_t                    authorize_by_email;
+
+    ngx_array_t                  *attrs;          /* attr_decl_t */
+    size_t                        body_limit;
+    ngx_uint_t                    max_attrs;
+    size_t                        max_value_len;
+    ngx_uint_t                    max_array_items;
+
+    ngx_array_t                  *origins;        /* ngx_str_t */
+    ngx_flag_t                    any_origin;
+
+    ngx_uint_t                    widget_state;
+    ngx_str_t                     greeting;
+    ngx_str_t                     widget_base;
+    time_t                        widget_max_age;
+    time_t                        session_timeout;
+
+    ngx_str_t                     location;       /* clcf->name */
+} ngx_http_civchat_loc_conf_t;
+
+
+/* one skipped field of a request: {"name", "reason"} in the answer */
+typedef struct {
+    ngx_str_t                     name;
+    const char                   *reason;
+} ngx_http_civchat_ignored_t;
+
+
+/* one event waiting to be written after the zone is unlocked */
+typedef struct {
+    const char                   *type;
+    ngx_str_t                     name;
+    ngx_str_t                     user_key;
+    ngx_str_t                     user_id;
+    ngx_str_t                     email;
+    ngx_str_t                     attrs;          /* JSON text */
+} ngx_http_civchat_event_t;
+
+
+/* a profile copied out of the zone for the answer and the events */
+typedef struct {
+    ngx_str_t                     key;
+    ngx_str_t                     user_id;
+    ngx_str_t                     email;
+    ngx_str_t                     name;
+    time_t                        first_seen;
+    time_t                        last_seen;
+    ngx_uint_t                    page_views;
+    ngx_uint_t                    sessions;
+} ngx_http_civchat_user_t;
+
+
+typedef struct {
+    ngx_uint_t                    endpoint;
+    ngx_http_civchat_loc_conf_t  *lcf;
+    json_t                       *body;           /* request object */
+
+    ngx_str_t                     site;           /* apiKey */
+    ngx_str_t                     key;            /* cookie or body key */
+    ngx_str_t                     url;
+    ngx_str_t                     referrer;
+    ngx_str_t                     title;
+    ngx_str_t                     ip;
+    ngx_str_t                     user_agent;
+    ngx_str_t                     language;
+
+    ngx_str_t                     user_id;        /* U */
+    ngx_str_t                     email;          /* E */
+
+    ngx_str_t                     country;        /* filled by geo */
+    ngx_str_t                     region;
+    ngx_str_t                     city;
+
+    ngx_array_t                   ignored;        /* ignored_t */
+    ngx_array_t                   events;         /* event_t */
+
+    ngx_http_civchat_user_t       user;
+    ngx_str_t                     state;          /* widget look asked for */
+    ngx_uint_t                    created;        /* unsigned: 1 */
+} ngx_http_civchat_ctx_t;
+
+
+extern ngx_module_t  ngx_http_civchat_module;
+
+
+/* handler.c */
+ngx_int_t ngx_http_civchat_handler(ngx_http_request_t *r);
+
+/* identity.c */
+ngx_int_t ngx_http_civchat_mint_key(u_char *key);
+ngx_int_t ngx_http_civchat_valid_key(u_char *p, size_t len);
+void ngx_http_civchat_read_key(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+ngx_int_t ngx_http_civchat_set_cookie(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+ngx_int_t ngx_http_civchat_resolve(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+
+/* attrs.c */
+ngx_int_t ngx_http_civchat_normalize_name(ngx_pool_t *pool, u_char *name,
+    size_t len, ngx_str_t *out, const char **reason);
+json_t *ngx_http_civchat_attr_value(ngx_http_civchat_loc_conf_t *lcf,
+    ngx_str_t *name, json_t *value, const char **reason);
+ngx_int_t ngx_http_civchat_user_id(ngx_pool_t *pool, json_t *value,
+    ngx_str_t *out, const char **reason);
+ngx_int_t ngx_http_civchat_email(ngx_pool_t *pool, json_t *value,
+    ngx_str_t *out, const char **reason);
+ngx_int_t ngx_http_civchat_reserved(ngx_str_t *name);
+ngx_int_t ngx_http_civchat_automatic(ngx_str_t *name);
+ngx_int_t ngx_http_civchat_widget_state(json_t *value);
+ngx_int_t ngx_http_civchat_parse_type(ngx_str_t *type);
+json_t *ngx_http_civchat_company(ngx_http_civchat_loc_conf_t *lcf,
+    json_t *value, const char **reason);
+
+/* event.c */
+ngx_int_t ngx_http_civchat_add_event(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, const char *type, ngx_str_t *name,
+    json_t *attrs);
+ngx_int_t ngx_http_civchat_emit_events(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+
+/* widget.c */
+ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf);
+ngx_int_t ngx_http_civchat_widget_init(ngx_conf_t *cf);
+
+
+#endif /* _NGX_HTTP_CIVCHAT_H_INCLUDED_ */
