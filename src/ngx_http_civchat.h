@@ -56,9 +56,70 @@ typedef struct {
 } ngx_http_civchat_attr_decl_t;
 
 
+/* index kinds: every index entry is one rbtree node in the zone */
+#define NGX_HTTP_CIVCHAT_BY_KEY          'k'    /* keys and aliases */
+#define NGX_HTTP_CIVCHAT_BY_USER_ID      'u'
+#define NGX_HTTP_CIVCHAT_BY_EMAIL        'e'
+
+
+typedef struct {
+    ngx_rbtree_node_t             node;
+    ngx_queue_t                   alias;     /* profile's aliases */
+    ngx_http_civchat_profile_t   *profile;
+    u_char                        kind;
+    u_char                        len;
+    u_char                        data[1];
+} ngx_http_civchat_index_t;
+
+
+struct ngx_http_civchat_profile_s {
+    ngx_queue_t                   lru;
+    ngx_queue_t                   aliases;
+    ngx_http_civchat_index_t     *key;
+    ngx_http_civchat_index_t     *user_id;
+    ngx_http_civchat_index_t     *email;
+    time_t                        first_seen;
+    time_t                        last_seen;
+    ngx_uint_t                    page_views;
+    ngx_uint_t                    sessions;
+    size_t                        attrs_len;
+    u_char                       *attrs;     /* JSON object text */
+};
+
+
+typedef struct {
+    ngx_rbtree_t                  rbtree;
+    ngx_rbtree_node_t             sentinel;
+    ngx_queue_t                   lru;
+    ngx_uint_t                    profiles;
+    ngx_uint_t                    evictions;
+    ngx_uint_t                    changes;   /* bumped on every write */
+    ngx_uint_t                    saved;     /* changes at last save */
+    ngx_uint_t                    full_logged;
+} ngx_http_civchat_shctx_t;
+
+
+struct ngx_http_civchat_zone_s {
+    ngx_str_t                     name;
+    ngx_shm_zone_t               *shm_zone;
+    ngx_http_civchat_shctx_t     *sh;
+    ngx_slab_pool_t              *shpool;
+    ngx_str_t                     state;     /* state file, or empty */
+    ngx_msec_t                    state_interval;
+    ngx_event_t                   save_event;
+    ngx_log_t                    *log;
+    ngx_http_civchat_profile_t   *keep[2];   /* never evicted right now */
+};
+
+
 typedef struct {
     ngx_array_t                  *zones;     /* ngx_http_civchat_zone_t * */
     ngx_array_t                  *sinks;     /* ngx_http_civchat_sink_t * */
+    time_t                        loaded;    /* configuration load time */
+
+    /* per worker: getrandom() output not used yet */
+    size_t                        random_pos;
+    u_char                        random[512];
 } ngx_http_civchat_main_conf_t;
 
 
@@ -153,7 +214,8 @@ typedef struct {
 
     ngx_http_civchat_user_t       user;
     ngx_str_t                     state;          /* widget look asked for */
-    ngx_uint_t                    created;        /* unsigned: 1 */
+    unsigned                      created:1;
+    unsigned                      changed:1;      /* attributes changed */
 } ngx_http_civchat_ctx_t;
 
 
@@ -164,7 +226,9 @@ extern ngx_module_t  ngx_http_civchat_module;
 ngx_int_t ngx_http_civchat_handler(ngx_http_request_t *r);
 
 /* identity.c */
-ngx_int_t ngx_http_civchat_mint_key(u_char *key);
+ngx_int_t ngx_http_civchat_random(ngx_http_request_t *r, u_char *buf,
+    size_t len);
+ngx_int_t ngx_http_civchat_mint_key(ngx_http_request_t *r, u_char *key);
 ngx_int_t ngx_http_civchat_valid_key(u_char *p, size_t len);
 void ngx_http_civchat_read_key(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
@@ -172,6 +236,43 @@ ngx_int_t ngx_http_civchat_set_cookie(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 ngx_int_t ngx_http_civchat_resolve(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+
+/* store.c */
+char *ngx_http_civchat_zone_add(ngx_conf_t *cf,
+    ngx_http_civchat_zone_t *zone, size_t size);
+void ngx_http_civchat_store_lock(ngx_http_civchat_zone_t *zone);
+void ngx_http_civchat_store_unlock(ngx_http_civchat_zone_t *zone);
+ngx_http_civchat_profile_t *ngx_http_civchat_store_find(
+    ngx_http_civchat_zone_t *zone, u_char kind, ngx_str_t *value);
+ngx_http_civchat_profile_t *ngx_http_civchat_store_create(
+    ngx_http_civchat_zone_t *zone, ngx_str_t *key, time_t now);
+ngx_int_t ngx_http_civchat_store_set_index(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, u_char kind, ngx_str_t *value);
+ngx_int_t ngx_http_civchat_store_add_alias(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *key);
+ngx_int_t ngx_http_civchat_store_set_attrs(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, u_char *text, size_t len);
+void ngx_http_civchat_store_merge(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *from, ngx_http_civchat_profile_t *into);
+void ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p);
+void ngx_http_civchat_store_touch(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p);
+
+/* sink.c */
+ngx_http_civchat_sink_t *ngx_http_civchat_sink_create(ngx_conf_t *cf,
+    ngx_http_civchat_main_conf_t *mcf, ngx_str_t *args, ngx_uint_t n);
+ngx_int_t ngx_http_civchat_sink_write(ngx_http_civchat_sink_t *sink,
+    ngx_log_t *log, u_char *line, size_t len);
+void ngx_http_civchat_sink_flush(ngx_http_civchat_sink_t *sink,
+    ngx_log_t *log);
+
+/* state.c */
+ngx_int_t ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone);
+ngx_int_t ngx_http_civchat_state_save(ngx_http_civchat_zone_t *zone,
+    ngx_log_t *log);
+void ngx_http_civchat_state_timer(ngx_http_civchat_zone_t *zone,
+    ngx_cycle_t *cycle);
 
 /* attrs.c */
 ngx_int_t ngx_http_civchat_normalize_name(ngx_pool_t *pool, u_char *name,
@@ -199,7 +300,6 @@ ngx_int_t ngx_http_civchat_emit_events(ngx_http_request_t *r,
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
-ngx_int_t ngx_http_civchat_widget_init(ngx_conf_t *cf);
 
 
 #endif /* _NGX_HTTP_CIVCHAT_H_INCLUDED_ */

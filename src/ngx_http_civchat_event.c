@@ -1,0 +1,188 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+
+
+/*
+ * Events are collected while the zone is locked (with only their own
+ * data) and written after it is unlocked, each as one NDJSON line with
+ * the fixed envelope of SPEC §5: every field present, so that one table
+ * with fixed columns holds them all.
+ */
+
+
+static size_t ngx_http_civchat_event_size(ngx_http_civchat_ctx_t *ctx,
+    ngx_http_civchat_event_t *ev);
+static u_char *ngx_http_civchat_event_line(u_char *p,
+    ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_event_t *ev,
+    u_char *id, ngx_time_t *tp);
+static u_char *ngx_http_civchat_json_field(u_char *p, const char *name,
+    ngx_str_t *value);
+
+
+ngx_int_t
+ngx_http_civchat_add_event(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
+    const char *type, ngx_str_t *name, json_t *attrs)
+{
+    size_t                     len;
+    ngx_http_civchat_event_t  *ev;
+
+    ev = ngx_array_push(&ctx->events);
+    if (ev == NULL) {
+        return NGX_ERROR;
+    }
+
+    ev->type = type;
+
+    if (name) {
+        ev->name = *name;
+
+    } else {
+        ngx_str_null(&ev->name);
+    }
+
+    if (attrs == NULL) {
+        ngx_str_set(&ev->attrs, "{}");
+        return NGX_OK;
+    }
+
+    len = json_dumpb(attrs, NULL, 0, JSON_COMPACT);
+
+    ev->attrs.data = ngx_pnalloc(r->pool, len);
+    if (ev->attrs.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ev->attrs.len = json_dumpb(attrs, (char *) ev->attrs.data, len,
+                               JSON_COMPACT);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_civchat_emit_events(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx)
+{
+    u_char                    *buf, *p, *q, id[16];
+    size_t                     size;
+    ngx_uint_t                 i;
+    ngx_time_t                *tp;
+    ngx_http_civchat_event_t  *ev;
+
+    if (ctx->lcf->sink == NULL || ctx->events.nelts == 0) {
+        return NGX_OK;
+    }
+
+    ev = ctx->events.elts;
+    size = 0;
+
+    for (i = 0; i < ctx->events.nelts; i++) {
+        size += ngx_http_civchat_event_size(ctx, &ev[i]);
+    }
+
+    buf = ngx_pnalloc(r->pool, size);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    tp = ngx_timeofday();
+    p = buf;
+
+    for (i = 0; i < ctx->events.nelts; i++) {
+        if (ngx_http_civchat_random(r, id, sizeof(id)) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        q = p;
+        p = ngx_http_civchat_event_line(p, ctx, &ev[i], id, tp);
+
+        (void) ngx_http_civchat_sink_write(ctx->lcf->sink,
+                                           r->connection->log, q, p - q);
+    }
+
+    return NGX_OK;
+}
+
+
+static size_t
+ngx_http_civchat_event_size(ngx_http_civchat_ctx_t *ctx,
+    ngx_http_civchat_event_t *ev)
+{
+    size_t  size;
+
+    size = sizeof("{\"id\":\"\",\"ts\":,\"site\":\"\",\"type\":\"\","
+                  "\"name\":\"\",\"user_key\":\"\",\"user_id\":\"\","
+                  "\"email\":\"\",\"url\":\"\",\"referrer\":\"\","
+                  "\"title\":\"\",\"ip\":\"\",\"country\":\"\","
+                  "\"region\":\"\",\"city\":\"\",\"user_agent\":\"\","
+                  "\"attrs\":\"\"}\n")
+           + NGX_HTTP_CIVCHAT_EVENT_ID_LEN + NGX_INT64_LEN
+           + ngx_strlen(ev->type);
+
+    size += ngx_escape_json(NULL, ctx->site.data, ctx->site.len);
+    size += ngx_escape_json(NULL, ev->name.data, ev->name.len);
+    size += ngx_escape_json(NULL, ctx->user.key.data, ctx->user.key.len);
+    size += ngx_escape_json(NULL, ctx->user.user_id.data,
+                            ctx->user.user_id.len);
+    size += ngx_escape_json(NULL, ctx->user.email.data, ctx->user.email.len);
+    size += ngx_escape_json(NULL, ctx->url.data, ctx->url.len);
+    size += ngx_escape_json(NULL, ctx->referrer.data, ctx->referrer.len);
+    size += ngx_escape_json(NULL, ctx->title.data, ctx->title.len);
+    size += ngx_escape_json(NULL, ctx->ip.data, ctx->ip.len);
+    size += ngx_escape_json(NULL, ctx->country.data, ctx->country.len);
+    size += ngx_escape_json(NULL, ctx->region.data, ctx->region.len);
+    size += ngx_escape_json(NULL, ctx->city.data, ctx->city.len);
+    size += ngx_escape_json(NULL, ctx->user_agent.data,
+                            ctx->user_agent.len);
+    size += ngx_escape_json(NULL, ev->attrs.data, ev->attrs.len);
+
+    return size;
+}
+
+
+static u_char *
+ngx_http_civchat_event_line(u_char *p, ngx_http_civchat_ctx_t *ctx,
+    ngx_http_civchat_event_t *ev, u_char *id, ngx_time_t *tp)
+{
+    p = ngx_cpymem(p, "{\"id\":\"", sizeof("{\"id\":\"") - 1);
+    p = ngx_hex_dump(p, id, NGX_HTTP_CIVCHAT_EVENT_ID_LEN / 2);
+    p = ngx_sprintf(p, "\",\"ts\":%T%03M", tp->sec, tp->msec);
+
+    p = ngx_http_civchat_json_field(p, "site", &ctx->site);
+    p = ngx_sprintf(p, ",\"type\":\"%s\"", ev->type);
+    p = ngx_http_civchat_json_field(p, "name", &ev->name);
+    p = ngx_http_civchat_json_field(p, "user_key", &ctx->user.key);
+    p = ngx_http_civchat_json_field(p, "user_id", &ctx->user.user_id);
+    p = ngx_http_civchat_json_field(p, "email", &ctx->user.email);
+    p = ngx_http_civchat_json_field(p, "url", &ctx->url);
+    p = ngx_http_civchat_json_field(p, "referrer", &ctx->referrer);
+    p = ngx_http_civchat_json_field(p, "title", &ctx->title);
+    p = ngx_http_civchat_json_field(p, "ip", &ctx->ip);
+    p = ngx_http_civchat_json_field(p, "country", &ctx->country);
+    p = ngx_http_civchat_json_field(p, "region", &ctx->region);
+    p = ngx_http_civchat_json_field(p, "city", &ctx->city);
+    p = ngx_http_civchat_json_field(p, "user_agent", &ctx->user_agent);
+    p = ngx_http_civchat_json_field(p, "attrs", &ev->attrs);
+
+    return ngx_cpymem(p, "}\n", 2);
+}
+
+
+static u_char *
+ngx_http_civchat_json_field(u_char *p, const char *name, ngx_str_t *value)
+{
+    p = ngx_sprintf(p, ",\"%s\":\"", name);
+    p = (u_char *) ngx_escape_json(p, value->data, value->len);
+    *p++ = '"';
+
+    return p;
+}

@@ -1,0 +1,1261 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+
+
+/*
+ * The endpoint plumbing: dispatch by path and method, CORS, media type
+ * and size checks, reading the body (in memory or in a temporary file),
+ * and the JSON answers.  Requests are strict only where the request as
+ * a whole is wrong; a bad field is the attribute code's business.
+ */
+
+
+#define NGX_HTTP_CIVCHAT_WIDGET          100
+#define NGX_HTTP_CIVCHAT_CONTEXT_MAX     4096
+#define NGX_HTTP_CIVCHAT_UA_MAX          512
+
+
+typedef struct {
+    ngx_str_t                     name;
+    ngx_uint_t                    endpoint;
+} ngx_http_civchat_endpoint_t;
+
+
+static ngx_uint_t ngx_http_civchat_endpoint(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf);
+static ngx_int_t ngx_http_civchat_origin(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *origin);
+static ngx_int_t ngx_http_civchat_preflight(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf);
+static ngx_int_t ngx_http_civchat_add_header(ngx_http_request_t *r,
+    const char *key, ngx_str_t *value);
+static ngx_int_t ngx_http_civchat_media_type(ngx_http_request_t *r);
+static ngx_int_t ngx_http_civchat_reject(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *detail);
+static void ngx_http_civchat_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_civchat_process(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_civchat_parse(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
+static void ngx_http_civchat_json_cleanup(void *data);
+static ngx_int_t ngx_http_civchat_api_key(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static void ngx_http_civchat_context(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static void ngx_http_civchat_context_field(ngx_http_civchat_ctx_t *ctx,
+    const char *name, ngx_str_t *out);
+static void ngx_http_civchat_header_text(ngx_http_request_t *r,
+    ngx_table_elt_t *h, size_t max, ngx_str_t *out);
+static void ngx_http_civchat_language(ngx_http_request_t *r, ngx_str_t *out);
+static ngx_int_t ngx_http_civchat_check_event(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs);
+static ngx_int_t ngx_http_civchat_check_product(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs);
+static ngx_int_t ngx_http_civchat_piggyback(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static ngx_int_t ngx_http_civchat_answer(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static json_t *ngx_http_civchat_user_json(ngx_http_civchat_user_t *u);
+static json_t *ngx_http_civchat_string_or_null(ngx_str_t *s);
+static ngx_int_t ngx_http_civchat_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, u_char *data, size_t len);
+static ngx_int_t ngx_http_civchat_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *fmt, ...);
+
+
+static ngx_http_civchat_endpoint_t  ngx_http_civchat_endpoints[] = {
+    { ngx_string("widget.js"), NGX_HTTP_CIVCHAT_WIDGET },
+    { ngx_string("init"), NGX_HTTP_CIVCHAT_INIT },
+    { ngx_string("page_hit"), NGX_HTTP_CIVCHAT_PAGE_HIT },
+    { ngx_string("reset_auth"), NGX_HTTP_CIVCHAT_RESET_AUTH },
+    { ngx_string("update"), NGX_HTTP_CIVCHAT_UPDATE },
+    { ngx_string("event"), NGX_HTTP_CIVCHAT_EVENT },
+    { ngx_string("product_event"), NGX_HTTP_CIVCHAT_PRODUCT_EVENT },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_str_t  ngx_http_civchat_product_types[] = {
+    ngx_string("add to cart"),
+    ngx_string("purchase"),
+    ngx_string("liking"),
+    ngx_string("add to observation"),
+    ngx_string("order"),
+    ngx_string("reservation"),
+    ngx_string("return"),
+    ngx_string("view"),
+    ngx_string("click"),
+    ngx_string("detail"),
+    ngx_string("add"),
+    ngx_string("remove"),
+    ngx_string("checkout"),
+    ngx_string("checkout option"),
+    ngx_string("refund"),
+    ngx_string("promo click"),
+    ngx_null_string
+};
+
+
+static const char  *ngx_http_civchat_state_names[] = {
+    "", "simple", "standard", "hidden", "expanded"
+};
+
+
+ngx_int_t
+ngx_http_civchat_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                     rc;
+    ngx_str_t                     origin;
+    ngx_uint_t                    endpoint;
+    ngx_http_civchat_ctx_t       *ctx;
+    ngx_http_civchat_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_civchat_module);
+
+    endpoint = ngx_http_civchat_endpoint(r, lcf);
+
+    if (r->method == NGX_HTTP_OPTIONS) {
+        return ngx_http_civchat_preflight(r, lcf);
+    }
+
+    if (endpoint == NGX_HTTP_CIVCHAT_WIDGET) {
+        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+            return ngx_http_civchat_reject(r, NGX_HTTP_NOT_ALLOWED,
+                                           "method_not_allowed",
+                                           "widget.js takes GET or HEAD");
+        }
+
+        return ngx_http_civchat_widget_handler(r, lcf);
+    }
+
+    if (endpoint == 0) {
+        return ngx_http_civchat_reject(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                       "unknown civchat endpoint");
+    }
+
+    if (r->method != NGX_HTTP_POST) {
+        return ngx_http_civchat_reject(r, NGX_HTTP_NOT_ALLOWED,
+                                       "method_not_allowed",
+                                       "this endpoint takes POST");
+    }
+
+    rc = ngx_http_civchat_origin(r, lcf, &origin);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_civchat_reject(r, NGX_HTTP_FORBIDDEN,
+                                       "origin_not_allowed",
+                                       "this Origin may not call civchat");
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_civchat_media_type(r) != NGX_OK) {
+        return ngx_http_civchat_reject(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                       "unsupported_media_type",
+                                       "send the body as application/json "
+                                       "or text/plain");
+    }
+
+    if (r->headers_in.content_length_n > (off_t) lcf->body_limit) {
+        return ngx_http_civchat_reject(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                       "body_too_large",
+                                       "the request body is over "
+                                       "civchat_body_limit");
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->endpoint = endpoint;
+    ctx->lcf = lcf;
+
+    if (ngx_array_init(&ctx->ignored, r->pool, 4,
+                       sizeof(ngx_http_civchat_ignored_t))
+        != NGX_OK
+        || ngx_array_init(&ctx->events, r->pool, 4,
+                          sizeof(ngx_http_civchat_event_t))
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_civchat_module);
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_civchat_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static ngx_uint_t
+ngx_http_civchat_endpoint(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf)
+{
+    u_char                       *p, *last;
+    ngx_str_t                     name;
+    ngx_http_civchat_endpoint_t  *e;
+
+    last = r->uri.data + r->uri.len;
+
+    if (r->uri.len > lcf->location.len
+        && ngx_strncmp(r->uri.data, lcf->location.data, lcf->location.len)
+           == 0
+        && lcf->location.data[lcf->location.len - 1] == '/')
+    {
+        p = r->uri.data + lcf->location.len;
+
+    } else {
+        /* a regex or exact location: the last path segment names it */
+        for (p = last; p > r->uri.data && p[-1] != '/'; p--) {
+            /* void */
+        }
+    }
+
+    name.data = p;
+    name.len = last - p;
+
+    for (e = ngx_http_civchat_endpoints; e->name.len; e++) {
+        if (e->name.len == name.len
+            && ngx_strncmp(e->name.data, name.data, name.len) == 0)
+        {
+            return e->endpoint;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * NGX_OK: same-origin, no Origin, or an allowed one (then *origin is it
+ * and the answer carries CORS headers); NGX_DECLINED: not allowed.
+ */
+
+static ngx_int_t
+ngx_http_civchat_origin(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *origin)
+{
+    u_char           *host;
+    ngx_str_t        *allowed, cred;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(origin);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NGX_OK;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == 6
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "origin", 6) == 0)
+        {
+            *origin = h[i].value;
+            break;
+        }
+    }
+
+    host = ngx_strlcasestrn(origin->data, origin->data + origin->len,
+                            (u_char *) "://", 2);
+
+    if (host != NULL && r->headers_in.host != NULL) {
+        host += 3;
+
+        if ((size_t) (origin->data + origin->len - host)
+                == r->headers_in.host->value.len
+            && ngx_strncasecmp(host, r->headers_in.host->value.data,
+                               r->headers_in.host->value.len) == 0)
+        {
+            ngx_str_null(origin);
+            return NGX_OK;
+        }
+    }
+
+    if (lcf->any_origin) {
+        goto allowed;
+    }
+
+    if (lcf->origins) {
+        allowed = lcf->origins->elts;
+
+        for (i = 0; i < lcf->origins->nelts; i++) {
+            if (allowed[i].len == origin->len
+                && ngx_strncasecmp(allowed[i].data, origin->data,
+                                   origin->len) == 0)
+            {
+                goto allowed;
+            }
+        }
+    }
+
+    return NGX_DECLINED;
+
+allowed:
+
+    ngx_str_set(&cred, "true");
+
+    if (ngx_http_civchat_add_header(r, "Access-Control-Allow-Origin", origin)
+        != NGX_OK
+        || ngx_http_civchat_add_header(r, "Access-Control-Allow-Credentials",
+                                       &cred)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&cred, "Origin");
+
+    return ngx_http_civchat_add_header(r, "Vary", &cred);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_preflight(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf)
+{
+    ngx_int_t         rc;
+    ngx_str_t         origin, value;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    rc = ngx_http_civchat_origin(r, lcf, &origin);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_civchat_reject(r, NGX_HTTP_FORBIDDEN,
+                                       "origin_not_allowed",
+                                       "this Origin may not call civchat");
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ngx_str_set(&value, "GET, HEAD, POST, OPTIONS");
+
+    if (ngx_http_civchat_add_header(r, "Allow", &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (origin.len) {
+        ngx_str_set(&value, "86400");
+
+        if (ngx_http_civchat_add_header(r, "Access-Control-Max-Age", &value)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_str_set(&value, "GET, POST, OPTIONS");
+
+        if (ngx_http_civchat_add_header(r, "Access-Control-Allow-Methods",
+                                        &value)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_str_set(&value, "Content-Type");
+
+        part = &r->headers_in.headers.part;
+        h = part->elts;
+
+        for (i = 0; /* void */; i++) {
+
+            if (i >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+
+                part = part->next;
+                h = part->elts;
+                i = 0;
+            }
+
+            if (h[i].key.len == sizeof("Access-Control-Request-Headers") - 1
+                && ngx_strncasecmp(h[i].key.data,
+                                   (u_char *) "Access-Control-Request-Headers",
+                                   h[i].key.len) == 0)
+            {
+                value = h[i].value;
+                break;
+            }
+        }
+
+        if (ngx_http_civchat_add_header(r, "Access-Control-Allow-Headers",
+                                        &value)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_add_header(ngx_http_request_t *r, const char *key,
+    ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value = *value;
+
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    return NGX_OK;
+}
+
+
+/* JSON as application/json or, from sendBeacon, text/plain; or untyped */
+
+static ngx_int_t
+ngx_http_civchat_media_type(ngx_http_request_t *r)
+{
+    u_char     *p, *last;
+    ngx_str_t  *type;
+
+    if (r->headers_in.content_type == NULL) {
+        return NGX_OK;
+    }
+
+    type = &r->headers_in.content_type->value;
+    last = type->data + type->len;
+
+    for (p = type->data; p < last && *p != ';' && *p != ' '; p++) {
+        /* void */
+    }
+
+    if ((p - type->data == sizeof("application/json") - 1
+         && ngx_strncasecmp(type->data, (u_char *) "application/json",
+                            p - type->data) == 0)
+        || (p - type->data == sizeof("text/plain") - 1
+            && ngx_strncasecmp(type->data, (u_char *) "text/plain",
+                               p - type->data) == 0))
+    {
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* an error before the body is read: the body is discarded first */
+
+static ngx_int_t
+ngx_http_civchat_reject(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *detail)
+{
+    ngx_int_t   rc;
+    ngx_str_t   allow;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (status == NGX_HTTP_NOT_ALLOWED) {
+        if (ngx_strncmp(detail, "widget.js", 9) == 0) {
+            ngx_str_set(&allow, "GET, HEAD, OPTIONS");
+
+        } else {
+            ngx_str_set(&allow, "POST, OPTIONS");
+        }
+
+        if (ngx_http_civchat_add_header(r, "Allow", &allow) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return ngx_http_civchat_error(r, status, code, "%s", detail);
+}
+
+
+static void
+ngx_http_civchat_body_handler(ngx_http_request_t *r)
+{
+    ngx_http_civchat_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+
+    ngx_http_finalize_request(r, ngx_http_civchat_process(r, ctx));
+}
+
+
+static ngx_int_t
+ngx_http_civchat_process(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
+{
+    json_t     *attrs;
+    ngx_int_t   rc;
+    ngx_str_t   body, name;
+
+    rc = ngx_http_civchat_read_body(r, &body);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_civchat_parse(r, ctx, &body);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_civchat_api_key(r, ctx);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    attrs = NULL;
+
+    if (ctx->endpoint == NGX_HTTP_CIVCHAT_EVENT) {
+        rc = ngx_http_civchat_check_event(r, ctx, &name, &attrs);
+
+    } else if (ctx->endpoint == NGX_HTTP_CIVCHAT_PRODUCT_EVENT) {
+        rc = ngx_http_civchat_check_product(r, ctx, &name, &attrs);
+    }
+
+    if (rc != NGX_OK) {
+        json_decref(attrs);
+        return rc;
+    }
+
+    ngx_http_civchat_context(r, ctx);
+    ngx_http_civchat_read_key(r, ctx);
+
+    if (ngx_http_civchat_resolve(r, ctx) != NGX_OK) {
+        json_decref(attrs);
+        return ngx_http_civchat_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                      "internal_error", "%s",
+                                      "the profile could not be stored");
+    }
+
+    switch (ctx->endpoint) {
+
+    case NGX_HTTP_CIVCHAT_INIT:
+    case NGX_HTTP_CIVCHAT_PAGE_HIT:
+        rc = ngx_http_civchat_add_event(r, ctx, "page_view", NULL, NULL);
+
+        if (rc == NGX_OK && ctx->endpoint == NGX_HTTP_CIVCHAT_PAGE_HIT) {
+            rc = ngx_http_civchat_piggyback(r, ctx);
+        }
+
+        break;
+
+    case NGX_HTTP_CIVCHAT_EVENT:
+        rc = ngx_http_civchat_add_event(r, ctx, "event", &name, attrs);
+        break;
+
+    case NGX_HTTP_CIVCHAT_PRODUCT_EVENT:
+        rc = ngx_http_civchat_add_event(r, ctx, "product_event", &name,
+                                        attrs);
+        break;
+
+    default:
+        break;
+    }
+
+    json_decref(attrs);
+
+    if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_civchat_answer(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char       *p;
+    size_t        len;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_null(body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
+                          : (size_t) (b->last - b->pos);
+    }
+
+    if (len > ((ngx_http_civchat_ctx_t *)
+               ngx_http_get_module_ctx(r, ngx_http_civchat_module))
+              ->lcf->body_limit)
+    {
+        return ngx_http_civchat_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                      "body_too_large", "%s",
+                                      "the request body is over "
+                                      "civchat_body_limit");
+    }
+
+    body->data = ngx_pnalloc(r->pool, len + 1);
+    if (body->data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = body->data;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        /* a large body that nginx kept in a temporary file */
+        n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                          b->file_pos);
+
+        if (n != b->file_last - b->file_pos) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "civchat: reading the request body from \"%V\" "
+                          "failed", &b->file->name);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p += n;
+    }
+
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_parse(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
+    ngx_str_t *body)
+{
+    json_error_t         err;
+    ngx_pool_cleanup_t  *cln;
+
+    if (body->len == 0) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_json", "%s",
+                                      "the request body is empty, "
+                                      "expected a JSON object");
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->body = json_loadb((char *) body->data, body->len, 0, &err);
+
+    if (ctx->body == NULL) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_json",
+                                      "the body is not valid JSON: %s "
+                                      "at position %d", err.text,
+                                      err.position);
+    }
+
+    cln->handler = ngx_http_civchat_json_cleanup;
+    cln->data = ctx->body;
+
+    if (!json_is_object(ctx->body)) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_json", "%s",
+                                      "the body must be a JSON object");
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_civchat_json_cleanup(void *data)
+{
+    json_decref(data);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_key(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
+{
+    json_t      *v;
+    ngx_str_t   *keys;
+    ngx_uint_t   i;
+
+    v = json_object_get(ctx->body, "apiKey");
+
+    if (v == NULL) {
+        v = json_object_get(ctx->body, "api_key");
+    }
+
+    if (v == NULL) {
+        v = json_object_get(ctx->body, "app_key");
+    }
+
+    if (v == NULL || json_is_null(v)
+        || (json_is_string(v) && json_string_length(v) == 0))
+    {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "apiKey is required");
+    }
+
+    if (json_is_string(v)) {
+        keys = ctx->lcf->api_keys->elts;
+
+        for (i = 0; i < ctx->lcf->api_keys->nelts; i++) {
+            if (keys[i].len == json_string_length(v)
+                && ngx_memcmp(keys[i].data, json_string_value(v),
+                              keys[i].len) == 0)
+            {
+                ctx->site = keys[i];
+                return NGX_OK;
+            }
+        }
+    }
+
+    return ngx_http_civchat_error(r, NGX_HTTP_FORBIDDEN, "invalid_api_key",
+                                  "%s", "apiKey is not configured for "
+                                  "this site");
+}
+
+
+static void
+ngx_http_civchat_context(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
+{
+    if (ctx->endpoint != NGX_HTTP_CIVCHAT_PRODUCT_EVENT) {
+        ngx_http_civchat_context_field(ctx, "url", &ctx->url);
+        ngx_http_civchat_context_field(ctx, "referrer", &ctx->referrer);
+        ngx_http_civchat_context_field(ctx, "title", &ctx->title);
+    }
+
+    if (ctx->url.len == 0 && r->headers_in.referer) {
+        /* an event sent without its page: the page is the Referer */
+        ngx_http_civchat_header_text(r, r->headers_in.referer,
+                                     NGX_HTTP_CIVCHAT_CONTEXT_MAX,
+                                     &ctx->url);
+    }
+
+    ctx->ip = r->connection->addr_text;
+
+    ngx_http_civchat_header_text(r, r->headers_in.user_agent,
+                                 NGX_HTTP_CIVCHAT_UA_MAX, &ctx->user_agent);
+    ngx_http_civchat_language(r, &ctx->language);
+}
+
+
+static void
+ngx_http_civchat_context_field(ngx_http_civchat_ctx_t *ctx, const char *name,
+    ngx_str_t *out)
+{
+    json_t  *v;
+
+    v = json_object_get(ctx->body, name);
+
+    if (json_is_string(v)
+        && json_string_length(v) <= NGX_HTTP_CIVCHAT_CONTEXT_MAX)
+    {
+        out->data = (u_char *) json_string_value(v);
+        out->len = json_string_length(v);
+    }
+}
+
+
+/*
+ * Header text goes into JSON lines: bytes that are not valid UTF-8
+ * become '?', so one odd client cannot make a batch unreadable.
+ */
+
+static void
+ngx_http_civchat_header_text(ngx_http_request_t *r, ngx_table_elt_t *h,
+    size_t max, ngx_str_t *out)
+{
+    u_char  *p, *q, *last, *dst;
+    size_t   len;
+
+    ngx_str_null(out);
+
+    if (h == NULL || h->value.len == 0) {
+        return;
+    }
+
+    len = ngx_min(h->value.len, max);
+
+    dst = ngx_pnalloc(r->pool, len);
+    if (dst == NULL) {
+        return;
+    }
+
+    p = h->value.data;
+    last = p + len;
+    q = dst;
+
+    while (p < last) {
+        if (*p < 0x80) {
+            *q++ = (*p >= 0x20 && *p != 0x7f) ? *p : '?';
+            p++;
+            continue;
+        }
+
+        u_char  *s = p;
+
+        if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
+            *q++ = '?';
+            p = s + 1;
+            continue;
+        }
+
+        q = ngx_cpymem(q, s, p - s);
+    }
+
+    out->data = dst;
+    out->len = q - dst;
+}
+
+
+/* browser_language: the first tag of Accept-Language, e.g. "pl-PL" */
+
+static void
+ngx_http_civchat_language(ngx_http_request_t *r, ngx_str_t *out)
+{
+    u_char           *p, *last, *start;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(out);
+
+#if (NGX_HTTP_HEADERS)
+    h = r->headers_in.accept_language;
+#else
+    h = NULL;
+#endif
+
+    if (h == NULL) {
+        return;
+    }
+
+    p = h->value.data;
+    last = p + h->value.len;
+
+    while (p < last && *p == ' ') {
+        p++;
+    }
+
+    start = p;
+
+    while (p < last && p - start < 35
+           && ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+               || (*p >= '0' && *p <= '9') || *p == '-'))
+    {
+        p++;
+    }
+
+    if (p > start && (p == last || *p == ',' || *p == ';' || *p == ' ')) {
+        out->data = start;
+        out->len = p - start;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_civchat_check_event(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs)
+{
+    json_t      *v;
+    const char  *reason;
+
+    v = json_object_get(ctx->body, "event");
+
+    if (v == NULL || json_is_null(v)) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "event is required");
+    }
+
+    if (!json_is_string(v)) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_event", "%s",
+                                      "event must be a string");
+    }
+
+    if (ngx_http_civchat_normalize_name(r->pool,
+                                        (u_char *) json_string_value(v),
+                                        json_string_length(v), name, &reason)
+        != NGX_OK)
+    {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_event",
+                                      "event name is not usable (%s)",
+                                      reason ? reason : "no memory");
+    }
+
+    v = json_object_get(ctx->body, "attributes");
+
+    if (v == NULL || json_is_null(v)) {
+        *attrs = json_object();
+        return (*attrs != NULL) ? NGX_OK : NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (!json_is_object(v)) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_event", "%s",
+                                      "attributes must be a JSON object");
+    }
+
+    /* event data is kept as sent, nested values included */
+    *attrs = json_incref(v);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_check_product(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs)
+{
+    json_t      *id, *type, *v;
+    ngx_str_t   *t;
+    const char  *field;
+
+    id = json_object_get(ctx->body, "product_id");
+
+    if (id == NULL || json_is_null(id)
+        || (json_is_string(id) && json_string_length(id) == 0))
+    {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "product_id is required");
+    }
+
+    if (!json_is_string(id) && !json_is_integer(id)) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_event", "%s",
+                                      "product_id must be a string or "
+                                      "an integer");
+    }
+
+    type = json_object_get(ctx->body, "event_type");
+
+    if (type == NULL || json_is_null(type)) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "event_type is required");
+    }
+
+    for (t = ngx_http_civchat_product_types; t->len; t++) {
+        if (json_is_string(type) && json_string_length(type) == t->len
+            && ngx_strncasecmp((u_char *) json_string_value(type), t->data,
+                               t->len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (t->len == 0) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_event", "%s",
+                                      "event_type must be one of: add to "
+                                      "cart, purchase, liking, add to "
+                                      "observation, order, reservation, "
+                                      "return, view, click, detail, add, "
+                                      "remove, checkout, checkout option, "
+                                      "refund, promo click");
+    }
+
+    *name = *t;
+
+    /* the product data without the request's own fields */
+    *attrs = json_deep_copy(ctx->body);
+    if (*attrs == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_object_foreach_safe(ctx->body, v, field, id) {
+        ngx_str_t  f = { ngx_strlen(field), (u_char *) field };
+
+        if (ngx_http_civchat_reserved(&f)
+            && ngx_strcmp(field, "event") != 0)
+        {
+            json_object_del(*attrs, field);
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* page_hit's optional {"event": {"event_name": ..., ...}} */
+
+static ngx_int_t
+ngx_http_civchat_piggyback(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
+{
+    json_t                      *ev, *v, *data;
+    ngx_int_t                    rc;
+    ngx_str_t                    name;
+    const char                  *reason;
+    ngx_http_civchat_ignored_t  *ig;
+
+    ev = json_object_get(ctx->body, "event");
+
+    if (ev == NULL || json_is_null(ev)) {
+        return NGX_OK;
+    }
+
+    v = json_object_get(ev, "event_name");
+
+    if (!json_is_object(ev) || !json_is_string(v)
+        || ngx_http_civchat_normalize_name(r->pool,
+                                           (u_char *) json_string_value(v),
+                                           json_string_length(v), &name,
+                                           &reason)
+           != NGX_OK)
+    {
+        ig = ngx_array_push(&ctx->ignored);
+        if (ig == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&ig->name, "event");
+        ig->reason = "invalid_event";
+
+        return NGX_OK;
+    }
+
+    data = json_deep_copy(ev);
+    if (data == NULL) {
+        return NGX_ERROR;
+    }
+
+    json_object_del(data, "event_name");
+
+    rc = ngx_http_civchat_add_event(r, ctx, "event", &name, data);
+
+    json_decref(data);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_answer(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
+{
+    u_char                      *buf;
+    size_t                       len;
+    json_t                      *answer, *ignored, *widget;
+    ngx_uint_t                   i;
+    const char                  *state;
+    ngx_http_civchat_ignored_t  *ig;
+
+    answer = json_pack("{s:s%,s:o}",
+                       "key", (char *) ctx->user.key.data, ctx->user.key.len,
+                       "user", ngx_http_civchat_user_json(&ctx->user));
+    if (answer == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->ignored.nelts) {
+        ignored = json_array();
+        json_object_set_new(answer, "ignored", ignored);
+
+        ig = ctx->ignored.elts;
+
+        for (i = 0; i < ctx->ignored.nelts; i++) {
+            json_array_append_new(ignored,
+                                  json_pack("{s:s%,s:s}", "name",
+                                            (char *) ig[i].name.data,
+                                            ig[i].name.len,
+                                            "reason", ig[i].reason));
+        }
+    }
+
+    if (ctx->endpoint == NGX_HTTP_CIVCHAT_INIT) {
+        state = ctx->state.len
+                ? (const char *) ctx->state.data
+                : ngx_http_civchat_state_names[ctx->lcf->widget_state];
+
+        widget = json_pack("{s:s%,s:s%}", "state", state,
+                           ctx->state.len ? ctx->state.len
+                                          : ngx_strlen(state),
+                           "greeting", (char *) ctx->lcf->greeting.data,
+                           ctx->lcf->greeting.len);
+
+        json_object_set_new(answer, "widget", widget);
+    }
+
+    len = json_dumpb(answer, NULL, 0, JSON_COMPACT);
+
+    buf = ngx_pnalloc(r->pool, len + 1);
+    if (buf == NULL) {
+        json_decref(answer);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = json_dumpb(answer, (char *) buf, len, JSON_COMPACT);
+    buf[len++] = '\n';
+
+    json_decref(answer);
+
+    if (ngx_http_civchat_set_cookie(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_civchat_send_json(r, NGX_HTTP_OK, buf, len);
+}
+
+
+static json_t *
+ngx_http_civchat_user_json(ngx_http_civchat_user_t *u)
+{
+    return json_pack("{s:s%,s:o,s:o,s:o,s:I,s:I,s:I,s:I}",
+                     "key", (char *) u->key.data, u->key.len,
+                     "user_id", ngx_http_civchat_string_or_null(&u->user_id),
+                     "email", ngx_http_civchat_string_or_null(&u->email),
+                     "name", ngx_http_civchat_string_or_null(&u->name),
+                     "first_seen", (json_int_t) u->first_seen,
+                     "last_seen", (json_int_t) u->last_seen,
+                     "page_views", (json_int_t) u->page_views,
+                     "sessions", (json_int_t) u->sessions);
+}
+
+
+static json_t *
+ngx_http_civchat_string_or_null(ngx_str_t *s)
+{
+    if (s->len == 0) {
+        return json_null();
+    }
+
+    return json_stringn((char *) s->data, s->len);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *data, size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_str_t     cache;
+    ngx_chain_t   out;
+
+    ngx_str_set(&cache, "no-store");
+
+    if (ngx_http_civchat_add_header(r, "Cache-Control", &cache) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = len;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = data;
+    b->last = data + len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *fmt, ...)
+{
+    u_char   *buf, *p, detail[512], *last;
+    size_t    len;
+    va_list   args;
+
+    va_start(args, fmt);
+    last = ngx_vslprintf(detail, detail + sizeof(detail), fmt, args);
+    va_end(args);
+
+    len = sizeof("{\"error\":\"\",\"detail\":\"\"}\n") + ngx_strlen(code)
+          + ngx_escape_json(NULL, detail, last - detail);
+
+    buf = ngx_pnalloc(r->pool, len);
+    if (buf == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(buf, "{\"error\":\"%s\",\"detail\":\"", code);
+    p = (u_char *) ngx_escape_json(p, detail, last - detail);
+    p = ngx_cpymem(p, "\"}\n", 3);
+
+    if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "civchat: %s: %*s", code, last - detail, detail);
+    }
+
+    return ngx_http_civchat_send_json(r, status, buf, p - buf);
+}

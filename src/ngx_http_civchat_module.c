@@ -1,0 +1,826 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+
+
+static void *ngx_http_civchat_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_civchat_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_civchat_merge_zone(ngx_conf_t *cf,
+    ngx_http_civchat_loc_conf_t *conf);
+static char *ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_civchat_store(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_civchat_attribute(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_civchat_allow_origin(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_civchat_cookie_domain(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_civchat_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_civchat_init_process(ngx_cycle_t *cycle);
+static void ngx_http_civchat_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_civchat_exit_master(ngx_cycle_t *cycle);
+static void ngx_http_civchat_save_zones(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_http_civchat_states[] = {
+    { ngx_string("simple"), 1 },
+    { ngx_string("standard"), 2 },
+    { ngx_string("hidden"), 3 },
+    { ngx_string("expanded"), 4 },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_civchat_commands[] = {
+
+    { ngx_string("civchat_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_civchat_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_civchat,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_api_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_str_array_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, api_keys),
+      NULL },
+
+    { ngx_string("civchat_store"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
+      ngx_http_civchat_store,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_cookie_name"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, cookie_name),
+      NULL },
+
+    { ngx_string("civchat_cookie_domain"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_civchat_cookie_domain,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_cookie_max_age"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, cookie_max_age),
+      NULL },
+
+    { ngx_string("civchat_cookie_httponly"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, cookie_httponly),
+      NULL },
+
+    { ngx_string("civchat_unified_identification"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, unified),
+      NULL },
+
+    { ngx_string("civchat_authorize_by_email"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, authorize_by_email),
+      NULL },
+
+    { ngx_string("civchat_attribute"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_civchat_attribute,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_body_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, body_limit),
+      NULL },
+
+    { ngx_string("civchat_max_attributes"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, max_attrs),
+      NULL },
+
+    { ngx_string("civchat_max_value_length"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, max_value_len),
+      NULL },
+
+    { ngx_string("civchat_max_array_items"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, max_array_items),
+      NULL },
+
+    { ngx_string("civchat_allow_origin"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_civchat_allow_origin,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_widget_state"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, widget_state),
+      &ngx_http_civchat_states },
+
+    { ngx_string("civchat_greeting"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, greeting),
+      NULL },
+
+    { ngx_string("civchat_widget_base"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, widget_base),
+      NULL },
+
+    { ngx_string("civchat_widget_max_age"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, widget_max_age),
+      NULL },
+
+    { ngx_string("civchat_session_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, session_timeout),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_civchat_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_civchat_init,                 /* postconfiguration */
+
+    ngx_http_civchat_create_main_conf,     /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_civchat_create_loc_conf,      /* create location configuration */
+    ngx_http_civchat_merge_loc_conf        /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_civchat_module = {
+    NGX_MODULE_V1,
+    &ngx_http_civchat_module_ctx,          /* module context */
+    ngx_http_civchat_commands,             /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_civchat_init_process,         /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_civchat_exit_process,         /* exit process */
+    ngx_http_civchat_exit_master,          /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_civchat_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_civchat_main_conf_t  *mcf;
+
+    mcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_main_conf_t));
+    if (mcf == NULL) {
+        return NULL;
+    }
+
+    mcf->zones = ngx_array_create(cf->pool, 2,
+                                  sizeof(ngx_http_civchat_zone_t *));
+    if (mcf->zones == NULL) {
+        return NULL;
+    }
+
+    mcf->sinks = ngx_array_create(cf->pool, 2,
+                                  sizeof(ngx_http_civchat_sink_t *));
+    if (mcf->sinks == NULL) {
+        return NULL;
+    }
+
+    return mcf;
+}
+
+
+static void *
+ngx_http_civchat_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_civchat_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->zone = NULL;
+     *     conf->sink = NULL;
+     *     conf->sink_set = 0;
+     *     conf->cookie_name = { 0, NULL };
+     *     conf->cookie_domain = { 0, NULL };
+     *     conf->attrs = NULL;
+     *     conf->origins = NULL;
+     *     conf->any_origin = 0;
+     *     conf->greeting = { 0, NULL };
+     *     conf->widget_base = { 0, NULL };
+     *     conf->location = { 0, NULL };
+     */
+
+    conf->enable = NGX_CONF_UNSET;
+    conf->api_keys = NGX_CONF_UNSET_PTR;
+    conf->cookie_max_age = NGX_CONF_UNSET;
+    conf->cookie_httponly = NGX_CONF_UNSET;
+    conf->unified = NGX_CONF_UNSET;
+    conf->authorize_by_email = NGX_CONF_UNSET;
+    conf->body_limit = NGX_CONF_UNSET_SIZE;
+    conf->max_attrs = NGX_CONF_UNSET_UINT;
+    conf->max_value_len = NGX_CONF_UNSET_SIZE;
+    conf->max_array_items = NGX_CONF_UNSET_UINT;
+    conf->widget_state = NGX_CONF_UNSET_UINT;
+    conf->widget_max_age = NGX_CONF_UNSET;
+    conf->session_timeout = NGX_CONF_UNSET;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_civchat_loc_conf_t *prev = parent;
+    ngx_http_civchat_loc_conf_t *conf = child;
+
+    /* not inherited: a nested location is not an endpoint location */
+    if (conf->enable == NGX_CONF_UNSET) {
+        conf->enable = 0;
+    }
+
+    ngx_conf_merge_ptr_value(conf->api_keys, prev->api_keys, NULL);
+
+    if (!conf->sink_set) {
+        conf->sink = prev->sink;
+        conf->sink_set = prev->sink_set;
+    }
+
+    ngx_conf_merge_str_value(conf->cookie_name, prev->cookie_name,
+                             "__ca__chat");
+    ngx_conf_merge_str_value(conf->cookie_domain, prev->cookie_domain, "");
+    ngx_conf_merge_sec_value(conf->cookie_max_age, prev->cookie_max_age,
+                             365 * 86400);
+    ngx_conf_merge_value(conf->cookie_httponly, prev->cookie_httponly, 1);
+    ngx_conf_merge_value(conf->unified, prev->unified, 0);
+    ngx_conf_merge_value(conf->authorize_by_email, prev->authorize_by_email,
+                         0);
+
+    if (conf->attrs == NULL) {
+        conf->attrs = prev->attrs;
+    }
+
+    ngx_conf_merge_size_value(conf->body_limit, prev->body_limit,
+                              64 * 1024);
+    ngx_conf_merge_uint_value(conf->max_attrs, prev->max_attrs, 100);
+    ngx_conf_merge_size_value(conf->max_value_len, prev->max_value_len,
+                              1024);
+    ngx_conf_merge_uint_value(conf->max_array_items, prev->max_array_items,
+                              32);
+
+    if (conf->origins == NULL && !conf->any_origin) {
+        conf->origins = prev->origins;
+        conf->any_origin = prev->any_origin;
+    }
+
+    ngx_conf_merge_uint_value(conf->widget_state, prev->widget_state, 1);
+    ngx_conf_merge_str_value(conf->greeting, prev->greeting,
+                             "Hi! How can we help?");
+    ngx_conf_merge_str_value(conf->widget_base, prev->widget_base, "");
+    ngx_conf_merge_sec_value(conf->widget_max_age, prev->widget_max_age,
+                             3600);
+    ngx_conf_merge_sec_value(conf->session_timeout, prev->session_timeout,
+                             30 * 60);
+
+    if (!conf->enable) {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->api_keys == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"civchat\" in location \"%V\" needs at least "
+                           "one \"civchat_api_key\"", &conf->location);
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_civchat_merge_zone(cf, conf);
+}
+
+
+/* "civchat zone=NAME" may come before the civchat_zone that defines it */
+
+static char *
+ngx_http_civchat_merge_zone(ngx_conf_t *cf, ngx_http_civchat_loc_conf_t *conf)
+{
+    ngx_uint_t                     i;
+    ngx_http_civchat_zone_t      **zones;
+    ngx_http_civchat_main_conf_t  *mcf;
+
+    if (conf->zone->shm_zone != NULL) {
+        return NGX_CONF_OK;
+    }
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_civchat_module);
+    zones = mcf->zones->elts;
+
+    for (i = 0; i < mcf->zones->nelts; i++) {
+        if (zones[i]->name.len == conf->zone->name.len
+            && ngx_strncmp(zones[i]->name.data, conf->zone->name.data,
+                           conf->zone->name.len) == 0)
+        {
+            conf->zone = zones[i];
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "unknown civchat zone \"%V\" (define it with "
+                       "\"civchat_zone\" in the http block)",
+                       &conf->zone->name);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_main_conf_t *mcf = conf;
+
+    ssize_t                    size;
+    ngx_str_t                 *value, s;
+    ngx_uint_t                 i;
+    ngx_msec_t                 interval;
+    ngx_http_civchat_zone_t   *zone, **zp;
+
+    value = cf->args->elts;
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_zone_t));
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    zone->name = value[1];
+    zone->state_interval = 10000;
+
+    size = ngx_parse_size(&value[2]);
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (16 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "civchat zone \"%V\" is too small, the minimum "
+                           "is %uzk", &value[1], 16 * ngx_pagesize / 1024);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 3; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "state=", 6) == 0) {
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            if (s.len == 0) {
+                goto invalid;
+            }
+
+            if (ngx_conf_full_name(cf->cycle, &s, 0) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            zone->state = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "state_interval=", 15) == 0) {
+            s.data = value[i].data + 15;
+            s.len = value[i].len - 15;
+
+            interval = ngx_parse_time(&s, 0);
+            if (interval == (ngx_msec_t) NGX_ERROR || interval == 0) {
+                goto invalid;
+            }
+
+            zone->state_interval = interval;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (ngx_http_civchat_zone_add(cf, zone, size) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    zp = ngx_array_push(mcf->zones);
+    if (zp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *zp = zone;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (lcf->enable != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "zone=", 5) != 0 || value[1].len == 5) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\", expected "
+                           "\"zone=name\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    /* resolved against the civchat_zone list when the location merges */
+    lcf->zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_zone_t));
+    if (lcf->zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->zone->name.data = value[1].data + 5;
+    lcf->zone->name.len = value[1].len - 5;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_civchat_handler;
+
+    lcf->enable = 1;
+    lcf->location = clcf->name;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_civchat_store(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_str_t                      *value;
+    ngx_http_civchat_main_conf_t   *mcf;
+
+    if (lcf->sink_set) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    lcf->sink_set = 1;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        lcf->sink = NULL;
+        return NGX_CONF_OK;
+    }
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_civchat_module);
+
+    lcf->sink = ngx_http_civchat_sink_create(cf, mcf, value + 1,
+                                             cf->args->nelts - 1);
+    if (lcf->sink == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_civchat_attribute(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_int_t                      type;
+    ngx_str_t                     *value, name;
+    ngx_uint_t                     i;
+    const char                    *reason;
+    ngx_http_civchat_attr_decl_t  *decl;
+
+    value = cf->args->elts;
+
+    if (ngx_http_civchat_normalize_name(cf->pool, value[1].data, value[1].len,
+                                        &name, &reason)
+        != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid attribute name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    type = ngx_http_civchat_parse_type(&value[2]);
+
+    if (type == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid attribute type \"%V\", expected "
+                           "string, integer, float, boolean, date, "
+                           "datetime, fixed or multi", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (lcf->attrs == NULL) {
+        lcf->attrs = ngx_array_create(cf->pool, 4,
+                                      sizeof(ngx_http_civchat_attr_decl_t));
+        if (lcf->attrs == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    decl = lcf->attrs->elts;
+
+    for (i = 0; i < lcf->attrs->nelts; i++) {
+        if (decl[i].name.len == name.len
+            && ngx_strncmp(decl[i].name.data, name.data, name.len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "attribute \"%V\" is already declared",
+                               &name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    decl = ngx_array_push(lcf->attrs);
+    if (decl == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    decl->name = name;
+    decl->type = type;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_civchat_allow_origin(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_str_t   *value, *origin;
+    ngx_uint_t   i;
+
+    if (lcf->origins != NULL || lcf->any_origin) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    lcf->origins = ngx_array_create(cf->pool, cf->args->nelts,
+                                    sizeof(ngx_str_t));
+    if (lcf->origins == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (value[i].len == 1 && value[i].data[0] == '*') {
+            lcf->any_origin = 1;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "http://", 7) != 0
+            && ngx_strncmp(value[i].data, "https://", 8) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid origin \"%V\", expected "
+                               "\"https://host[:port]\" or \"*\"",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        origin = ngx_array_push(lcf->origins);
+        if (origin == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *origin = value[i];
+
+        /* "https://shop.example.org/" and without the slash are one */
+        if (origin->data[origin->len - 1] == '/') {
+            origin->len--;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_civchat_cookie_domain(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (lcf->cookie_domain.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        ngx_str_set(&lcf->cookie_domain, "");
+        return NGX_CONF_OK;
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (value[1].data[i] <= ' ' || value[1].data[i] == ';'
+            || value[1].data[i] == ',' || value[1].data[i] >= 0x7f)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid cookie domain \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    lcf->cookie_domain = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_init(ngx_conf_t *cf)
+{
+    ngx_http_civchat_main_conf_t  *mcf;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_civchat_module);
+
+    /* Last-Modified of widget.js: when this configuration was loaded */
+    mcf->loaded = ngx_time();
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_init_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                     i;
+    ngx_http_civchat_zone_t      **zones;
+    ngx_http_civchat_main_conf_t  *mcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_civchat_module);
+    if (mcf == NULL) {
+        return NGX_OK;
+    }
+
+    /* the random pool was copied at fork: never share it between workers */
+    mcf->random_pos = sizeof(mcf->random);
+
+    /* one worker saves the zones periodically, the master at stop */
+    if (ngx_worker == 0) {
+        zones = mcf->zones->elts;
+
+        for (i = 0; i < mcf->zones->nelts; i++) {
+            ngx_http_civchat_state_timer(zones[i], cycle);
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                     i;
+    ngx_http_civchat_sink_t      **sinks;
+    ngx_http_civchat_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_civchat_module);
+    if (mcf == NULL) {
+        return;
+    }
+
+    sinks = mcf->sinks->elts;
+
+    for (i = 0; i < mcf->sinks->nelts; i++) {
+        ngx_http_civchat_sink_flush(sinks[i], cycle->log);
+    }
+
+    if (ngx_process == NGX_PROCESS_SINGLE) {
+        ngx_http_civchat_save_zones(cycle);
+    }
+}
+
+
+static void
+ngx_http_civchat_exit_master(ngx_cycle_t *cycle)
+{
+    ngx_http_civchat_save_zones(cycle);
+}
+
+
+static void
+ngx_http_civchat_save_zones(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                     i;
+    ngx_http_civchat_zone_t      **zones;
+    ngx_http_civchat_main_conf_t  *mcf;
+
+    if (cycle->conf_ctx == NULL) {
+        return;
+    }
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_civchat_module);
+    if (mcf == NULL) {
+        return;
+    }
+
+    zones = mcf->zones->elts;
+
+    for (i = 0; i < mcf->zones->nelts; i++) {
+        (void) ngx_http_civchat_state_save(zones[i], cycle->log);
+    }
+}

@@ -1,0 +1,265 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+
+
+/*
+ * Where event lines go.  The file sink follows the buffered access_log:
+ * a buffer allocated at configuration time (so every worker has its own
+ * copy after fork), flushed when the next line would not fit, by a
+ * cancelable timer, before nginx reopens the file on "nginx -s reopen",
+ * and when the worker exits.  Lines are only ever written whole.
+ */
+
+
+struct ngx_http_civchat_sink_s {
+    ngx_open_file_t              *file;
+    u_char                       *start;
+    u_char                       *pos;
+    u_char                       *last;
+    ngx_msec_t                    flush;
+    ngx_event_t                   event;
+    ngx_uint_t                    failed;    /* unsigned: 1 */
+};
+
+
+static ngx_int_t ngx_http_civchat_sink_params(ngx_conf_t *cf,
+    ngx_str_t *args, ngx_uint_t n, ngx_str_t *path, size_t *buffer,
+    ngx_msec_t *flush);
+static void ngx_http_civchat_sink_reopen_flush(ngx_open_file_t *file,
+    ngx_log_t *log);
+static void ngx_http_civchat_sink_timer(ngx_event_t *ev);
+static void ngx_http_civchat_sink_write_fd(ngx_http_civchat_sink_t *sink,
+    ngx_log_t *log, u_char *data, size_t len);
+
+
+ngx_http_civchat_sink_t *
+ngx_http_civchat_sink_create(ngx_conf_t *cf,
+    ngx_http_civchat_main_conf_t *mcf, ngx_str_t *args, ngx_uint_t n)
+{
+    size_t                     buffer;
+    ngx_str_t                  path;
+    ngx_uint_t                 i;
+    ngx_msec_t                 flush;
+    ngx_open_file_t           *file;
+    ngx_http_civchat_sink_t   *sink, **sinks, **sp;
+
+    if (ngx_http_civchat_sink_params(cf, args, n, &path, &buffer, &flush)
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    file = ngx_conf_open_file(cf->cycle, &path);
+    if (file == NULL) {
+        return NULL;
+    }
+
+    /* locations naming one file share its buffer */
+    sinks = mcf->sinks->elts;
+
+    for (i = 0; i < mcf->sinks->nelts; i++) {
+        if (sinks[i]->file == file) {
+            return sinks[i];
+        }
+    }
+
+    sink = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_sink_t));
+    if (sink == NULL) {
+        return NULL;
+    }
+
+    sink->start = ngx_pnalloc(cf->pool, buffer);
+    if (sink->start == NULL) {
+        return NULL;
+    }
+
+    sink->file = file;
+    sink->pos = sink->start;
+    sink->last = sink->start + buffer;
+    sink->flush = flush;
+
+    sink->event.handler = ngx_http_civchat_sink_timer;
+    sink->event.data = sink;
+    sink->event.log = &cf->cycle->new_log;
+    sink->event.cancelable = 1;
+
+    file->flush = ngx_http_civchat_sink_reopen_flush;
+    file->data = sink;
+
+    sp = ngx_array_push(mcf->sinks);
+    if (sp == NULL) {
+        return NULL;
+    }
+
+    *sp = sink;
+
+    return sink;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_sink_params(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n,
+    ngx_str_t *path, size_t *buffer, ngx_msec_t *flush)
+{
+    ssize_t     size;
+    ngx_str_t   s;
+    ngx_uint_t  i;
+
+    ngx_str_null(path);
+    *buffer = 64 * 1024;
+    *flush = 1000;
+
+    for (i = 0; i < n; i++) {
+
+        if (ngx_strncmp(args[i].data, "file=", 5) == 0 && args[i].len > 5) {
+            path->data = args[i].data + 5;
+            path->len = args[i].len - 5;
+            continue;
+        }
+
+        if (ngx_strncmp(args[i].data, "buffer=", 7) == 0) {
+            s.data = args[i].data + 7;
+            s.len = args[i].len - 7;
+
+            size = ngx_parse_size(&s);
+            if (size == NGX_ERROR || size < 1024) {
+                goto invalid;
+            }
+
+            *buffer = size;
+            continue;
+        }
+
+        if (ngx_strncmp(args[i].data, "flush=", 6) == 0) {
+            s.data = args[i].data + 6;
+            s.len = args[i].len - 6;
+
+            *flush = ngx_parse_time(&s, 0);
+            if (*flush == (ngx_msec_t) NGX_ERROR || *flush == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(args[i].data, "http://", 7) == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "civchat_store \"%V\": HTTP stores are not "
+                               "supported by this version", &args[i]);
+            return NGX_ERROR;
+        }
+
+        goto invalid;
+    }
+
+    if (path->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "civchat_store needs \"file=path\" or \"off\"");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &args[i]);
+
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_civchat_sink_write(ngx_http_civchat_sink_t *sink, ngx_log_t *log,
+    u_char *line, size_t len)
+{
+    if (len > (size_t) (sink->last - sink->pos)) {
+        ngx_http_civchat_sink_flush(sink, log);
+    }
+
+    if (len > (size_t) (sink->last - sink->pos)) {
+        /* larger than the whole buffer: straight to the file */
+        ngx_http_civchat_sink_write_fd(sink, log, line, len);
+        return NGX_OK;
+    }
+
+    sink->pos = ngx_cpymem(sink->pos, line, len);
+
+    if (!sink->event.timer_set) {
+        ngx_add_timer(&sink->event, sink->flush);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_civchat_sink_flush(ngx_http_civchat_sink_t *sink, ngx_log_t *log)
+{
+    if (sink->event.timer_set) {
+        ngx_del_timer(&sink->event);
+    }
+
+    if (sink->pos == sink->start) {
+        return;
+    }
+
+    ngx_http_civchat_sink_write_fd(sink, log, sink->start,
+                                   sink->pos - sink->start);
+    sink->pos = sink->start;
+}
+
+
+static void
+ngx_http_civchat_sink_write_fd(ngx_http_civchat_sink_t *sink, ngx_log_t *log,
+    u_char *data, size_t len)
+{
+    ssize_t  n;
+
+    n = ngx_write_fd(sink->file->fd, data, len);
+
+    if (n == (ssize_t) len) {
+        sink->failed = 0;
+        return;
+    }
+
+    /* a full disk is logged once per failure run, not once a line */
+    if (!sink->failed) {
+        sink->failed = 1;
+
+        if (n == -1) {
+            ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                          "civchat: writing events to \"%s\" failed",
+                          sink->file->name.data);
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "civchat: writing events to \"%s\" was "
+                          "incomplete, %z of %uz bytes written",
+                          sink->file->name.data, n, len);
+        }
+    }
+}
+
+
+static void
+ngx_http_civchat_sink_reopen_flush(ngx_open_file_t *file, ngx_log_t *log)
+{
+    ngx_http_civchat_sink_flush(file->data, log);
+}
+
+
+static void
+ngx_http_civchat_sink_timer(ngx_event_t *ev)
+{
+    ngx_http_civchat_sink_flush(ev->data, ev->log);
+}

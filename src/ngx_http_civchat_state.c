@@ -1,0 +1,462 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+
+
+/*
+ * The state file keeps the profile zone across a full stop and start.
+ * It is NDJSON, one profile a line, least recently seen first so that
+ * loading it rebuilds the LRU order.  It is written to a temporary file
+ * that is renamed over the old one, so a crash mid-write never leaves a
+ * torn state behind.
+ */
+
+
+#define NGX_HTTP_CIVCHAT_STATE_VERSION  1
+
+
+static size_t ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone);
+static u_char *ngx_http_civchat_state_profile(u_char *p,
+    ngx_http_civchat_profile_t *pr);
+static u_char *ngx_http_civchat_state_string(u_char *p, const char *name,
+    ngx_http_civchat_index_t *ix);
+static ngx_int_t ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,
+    u_char *buf, size_t len, ngx_log_t *log);
+static ngx_int_t ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone,
+    u_char *line, size_t len);
+static ngx_int_t ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *pr, u_char kind, json_t *value);
+static void ngx_http_civchat_state_handler(ngx_event_t *ev);
+
+
+static size_t
+ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone)
+{
+    size_t                       size;
+    ngx_queue_t                 *q, *a;
+    ngx_http_civchat_profile_t  *pr;
+
+    size = sizeof("{\"civchat_state\":,\"profiles\":}\n") + 2 * NGX_INT_T_LEN;
+
+    for (q = ngx_queue_head(&zone->sh->lru);
+         q != ngx_queue_sentinel(&zone->sh->lru);
+         q = ngx_queue_next(q))
+    {
+        pr = ngx_queue_data(q, ngx_http_civchat_profile_t, lru);
+
+        /* escaped strings grow at most sixfold (\u00XX) */
+        size += sizeof("{\"key\":\"\",\"user_id\":\"\",\"email\":\"\","
+                       "\"aliases\":[],\"first_seen\":,\"last_seen\":,"
+                       "\"page_views\":,\"sessions\":,\"attrs\":}\n")
+                + 4 * NGX_INT_T_LEN + 3 * 6 * 255 + pr->attrs_len + 2;
+
+        for (a = ngx_queue_head(&pr->aliases);
+             a != ngx_queue_sentinel(&pr->aliases);
+             a = ngx_queue_next(a))
+        {
+            size += 255 + 3;
+        }
+    }
+
+    return size;
+}
+
+
+static u_char *
+ngx_http_civchat_state_string(u_char *p, const char *name,
+    ngx_http_civchat_index_t *ix)
+{
+    p = ngx_sprintf(p, ",\"%s\":", name);
+
+    if (ix == NULL) {
+        return ngx_cpymem(p, "null", 4);
+    }
+
+    *p++ = '"';
+    p = (u_char *) ngx_escape_json(p, ix->data, ix->len);
+    *p++ = '"';
+
+    return p;
+}
+
+
+static u_char *
+ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_profile_t *pr)
+{
+    ngx_uint_t                 first;
+    ngx_queue_t               *a;
+    ngx_http_civchat_index_t  *ix;
+
+    p = ngx_sprintf(p, "{\"key\":\"%*s\"", (size_t) pr->key->len,
+                    pr->key->data);
+    p = ngx_http_civchat_state_string(p, "user_id", pr->user_id);
+    p = ngx_http_civchat_state_string(p, "email", pr->email);
+
+    p = ngx_cpymem(p, ",\"aliases\":[", sizeof(",\"aliases\":[") - 1);
+    first = 1;
+
+    for (a = ngx_queue_head(&pr->aliases);
+         a != ngx_queue_sentinel(&pr->aliases);
+         a = ngx_queue_next(a))
+    {
+        ix = ngx_queue_data(a, ngx_http_civchat_index_t, alias);
+        p = ngx_sprintf(p, "%s\"%*s\"", first ? "" : ",", (size_t) ix->len,
+                        ix->data);
+        first = 0;
+    }
+
+    p = ngx_sprintf(p, "],\"first_seen\":%T,\"last_seen\":%T,"
+                    "\"page_views\":%ui,\"sessions\":%ui,\"attrs\":",
+                    pr->first_seen, pr->last_seen, pr->page_views,
+                    pr->sessions);
+
+    if (pr->attrs_len) {
+        p = ngx_cpymem(p, pr->attrs, pr->attrs_len);
+
+    } else {
+        p = ngx_cpymem(p, "{}", 2);
+    }
+
+    return ngx_cpymem(p, "}\n", 2);
+}
+
+
+ngx_int_t
+ngx_http_civchat_state_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
+{
+    u_char                      *buf, *p;
+    size_t                       size;
+    ngx_int_t                    rc;
+    ngx_uint_t                   changes;
+    ngx_queue_t                 *q;
+    ngx_http_civchat_profile_t  *pr;
+
+    if (zone->state.len == 0 || zone->sh == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    if (zone->sh->changes == zone->sh->saved) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_OK;
+    }
+
+    size = ngx_http_civchat_state_size(zone);
+
+    buf = ngx_alloc(size, log);
+    if (buf == NULL) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(buf, "{\"civchat_state\":%d,\"profiles\":%ui}\n",
+                    NGX_HTTP_CIVCHAT_STATE_VERSION, zone->sh->profiles);
+
+    for (q = ngx_queue_last(&zone->sh->lru);
+         q != ngx_queue_sentinel(&zone->sh->lru);
+         q = ngx_queue_prev(q))
+    {
+        pr = ngx_queue_data(q, ngx_http_civchat_profile_t, lru);
+        p = ngx_http_civchat_state_profile(p, pr);
+    }
+
+    changes = zone->sh->changes;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    rc = ngx_http_civchat_state_write(zone, buf, p - buf, log);
+
+    ngx_free(buf);
+
+    if (rc == NGX_OK) {
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        zone->sh->saved = changes;
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone, u_char *buf,
+    size_t len, ngx_log_t *log)
+{
+    u_char    *tmp;
+    ssize_t    n;
+    ngx_fd_t   fd;
+
+    tmp = ngx_alloc(zone->state.len + sizeof(".tmp.") + NGX_INT_T_LEN, log);
+    if (tmp == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(tmp, "%V.tmp.%P%Z", &zone->state, ngx_pid);
+
+    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE,
+                       NGX_FILE_DEFAULT_ACCESS);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      ngx_open_file_n " \"%s\" failed", tmp);
+        ngx_free(tmp);
+        return NGX_ERROR;
+    }
+
+    n = ngx_write_fd(fd, buf, len);
+
+    if (n != (ssize_t) len || fsync(fd) == -1) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "civchat: writing state \"%s\" failed", tmp);
+        ngx_close_file(fd);
+        ngx_delete_file(tmp);
+        ngx_free(tmp);
+        return NGX_ERROR;
+    }
+
+    ngx_close_file(fd);
+
+    if (ngx_rename_file(tmp, zone->state.data) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      ngx_rename_file_n " \"%s\" to \"%V\" failed",
+                      tmp, &zone->state);
+        ngx_delete_file(tmp);
+        ngx_free(tmp);
+        return NGX_ERROR;
+    }
+
+    ngx_free(tmp);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone)
+{
+    u_char           *buf, *p, *last, *nl;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_uint_t        bad;
+    ngx_file_info_t   fi;
+
+    fd = ngx_open_file(zone->state.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        if (ngx_errno == NGX_ENOENT) {
+            return NGX_OK;
+        }
+
+        ngx_log_error(NGX_LOG_EMERG, zone->log, ngx_errno,
+                      ngx_open_file_n " \"%V\" failed", &zone->state);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_EMERG, zone->log, ngx_errno,
+                      ngx_fd_info_n " \"%V\" failed", &zone->state);
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    buf = ngx_alloc(ngx_file_size(&fi) + 1, zone->log);
+    if (buf == NULL) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    n = ngx_read_fd(fd, buf, ngx_file_size(&fi));
+    ngx_close_file(fd);
+
+    if (n != (ssize_t) ngx_file_size(&fi)) {
+        ngx_log_error(NGX_LOG_EMERG, zone->log, ngx_errno,
+                      "civchat: reading state \"%V\" failed", &zone->state);
+        ngx_free(buf);
+        return NGX_ERROR;
+    }
+
+    bad = 0;
+    last = buf + n;
+
+    /* the first line is the header */
+    p = ngx_strlchr(buf, last, '\n');
+    p = (p == NULL) ? last : p + 1;
+
+    while (p < last) {
+        nl = ngx_strlchr(p, last, '\n');
+        if (nl == NULL) {
+            nl = last;
+        }
+
+        if (nl > p && ngx_http_civchat_state_line(zone, p, nl - p) != NGX_OK)
+        {
+            bad++;
+        }
+
+        p = nl + 1;
+    }
+
+    ngx_free(buf);
+
+    if (bad) {
+        ngx_log_error(NGX_LOG_WARN, zone->log, 0,
+                      "civchat: skipped %ui unreadable profiles in \"%V\"",
+                      bad, &zone->state);
+    }
+
+    zone->sh->saved = zone->sh->changes;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
+    size_t len)
+{
+    char                        *text;
+    size_t                       i;
+    json_t                      *j, *v;
+    ngx_str_t                    key;
+    ngx_int_t                    rc;
+    ngx_http_civchat_profile_t  *pr;
+
+    j = json_loadb((char *) line, len, 0, NULL);
+    if (j == NULL || !json_is_object(j)) {
+        json_decref(j);
+        return NGX_ERROR;
+    }
+
+    rc = NGX_ERROR;
+    text = NULL;
+
+    v = json_object_get(j, "key");
+    if (!json_is_string(v)) {
+        goto done;
+    }
+
+    key.data = (u_char *) json_string_value(v);
+    key.len = json_string_length(v);
+
+    if (!ngx_http_civchat_valid_key(key.data, key.len)
+        || ngx_http_civchat_store_find(zone, NGX_HTTP_CIVCHAT_BY_KEY, &key))
+    {
+        goto done;
+    }
+
+    pr = ngx_http_civchat_store_create(zone, &key, 0);
+    if (pr == NULL) {
+        goto done;
+    }
+
+    zone->keep[0] = pr;
+
+    pr->first_seen = json_integer_value(json_object_get(j, "first_seen"));
+    pr->last_seen = json_integer_value(json_object_get(j, "last_seen"));
+    pr->page_views = json_integer_value(json_object_get(j, "page_views"));
+    pr->sessions = json_integer_value(json_object_get(j, "sessions"));
+
+    if (ngx_http_civchat_state_index(zone, pr, NGX_HTTP_CIVCHAT_BY_USER_ID,
+                                     json_object_get(j, "user_id"))
+        != NGX_OK
+        || ngx_http_civchat_state_index(zone, pr, NGX_HTTP_CIVCHAT_BY_EMAIL,
+                                        json_object_get(j, "email"))
+           != NGX_OK)
+    {
+        goto done;
+    }
+
+    json_array_foreach(json_object_get(j, "aliases"), i, v) {
+        key.data = (u_char *) json_string_value(v);
+        key.len = json_string_length(v);
+
+        if (key.data && ngx_http_civchat_valid_key(key.data, key.len)
+            && ngx_http_civchat_store_find(zone, NGX_HTTP_CIVCHAT_BY_KEY,
+                                           &key) == NULL)
+        {
+            (void) ngx_http_civchat_store_add_alias(zone, pr, &key);
+        }
+    }
+
+    v = json_object_get(j, "attrs");
+
+    if (json_is_object(v) && json_object_size(v)) {
+        text = json_dumps(v, JSON_COMPACT);
+        if (text == NULL
+            || ngx_http_civchat_store_set_attrs(zone, pr, (u_char *) text,
+                                                ngx_strlen(text))
+               != NGX_OK)
+        {
+            goto done;
+        }
+    }
+
+    rc = NGX_OK;
+
+done:
+
+    zone->keep[0] = NULL;
+    free(text);
+    json_decref(j);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *pr, u_char kind, json_t *value)
+{
+    ngx_str_t  s;
+
+    if (!json_is_string(value) || json_string_length(value) == 0) {
+        return NGX_OK;
+    }
+
+    s.data = (u_char *) json_string_value(value);
+    s.len = json_string_length(value);
+
+    return ngx_http_civchat_store_set_index(zone, pr, kind, &s);
+}
+
+
+void
+ngx_http_civchat_state_timer(ngx_http_civchat_zone_t *zone,
+    ngx_cycle_t *cycle)
+{
+    ngx_event_t  *ev;
+
+    if (zone->state.len == 0) {
+        return;
+    }
+
+    ev = &zone->save_event;
+
+    ev->handler = ngx_http_civchat_state_handler;
+    ev->data = zone;
+    ev->log = cycle->log;
+    ev->cancelable = 1;
+
+    ngx_add_timer(ev, zone->state_interval);
+}
+
+
+static void
+ngx_http_civchat_state_handler(ngx_event_t *ev)
+{
+    ngx_http_civchat_zone_t  *zone = ev->data;
+
+    (void) ngx_http_civchat_state_save(zone, ev->log);
+
+    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+        ngx_add_timer(ev, zone->state_interval);
+    }
+}

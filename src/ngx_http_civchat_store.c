@@ -1,0 +1,562 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+
+
+/*
+ * The profile zone follows limit_req: a slab pool holding one rbtree of
+ * index entries (keys, aliases, user_ids, emails, each pointing at its
+ * profile) and an LRU queue of profiles.  Callers hold the zone mutex
+ * around a whole request's work; every function here expects it held.
+ */
+
+
+static ngx_int_t ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void ngx_http_civchat_rbtree_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static uint32_t ngx_http_civchat_hash(u_char kind, u_char *data, size_t len);
+static ngx_int_t ngx_http_civchat_index_cmp(ngx_http_civchat_index_t *a,
+    u_char kind, u_char *data, size_t len);
+static void *ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone,
+    size_t size);
+static ngx_int_t ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone);
+static ngx_http_civchat_index_t *ngx_http_civchat_index_new(
+    ngx_http_civchat_zone_t *zone, ngx_http_civchat_profile_t *p,
+    u_char kind, ngx_str_t *value);
+static void ngx_http_civchat_index_free(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_index_t *ix);
+
+
+char *
+ngx_http_civchat_zone_add(ngx_conf_t *cf, ngx_http_civchat_zone_t *zone,
+    size_t size)
+{
+    ngx_shm_zone_t  *shm_zone;
+
+    shm_zone = ngx_shared_memory_add(cf, &zone->name, size,
+                                     &ngx_http_civchat_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "civchat zone \"%V\" is already defined",
+                           &zone->name);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone->init = ngx_http_civchat_init_zone;
+    shm_zone->data = zone;
+    zone->shm_zone = shm_zone;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_civchat_zone_t  *ozone = data;
+
+    size_t                    len;
+    ngx_http_civchat_zone_t  *zone;
+
+    zone = shm_zone->data;
+    zone->log = shm_zone->shm.log;
+
+    if (ozone) {
+        /* a reload: the old cycle's zone keeps its profiles */
+        zone->sh = ozone->sh;
+        zone->shpool = ozone->shpool;
+        return NGX_OK;
+    }
+
+    zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        zone->sh = zone->shpool->data;
+        return NGX_OK;
+    }
+
+    zone->sh = ngx_slab_alloc(zone->shpool, sizeof(ngx_http_civchat_shctx_t));
+    if (zone->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(zone->sh, sizeof(ngx_http_civchat_shctx_t));
+    zone->shpool->data = zone->sh;
+
+    ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
+                    ngx_http_civchat_rbtree_insert);
+    ngx_queue_init(&zone->sh->lru);
+
+    len = sizeof(" in civchat zone \"\"") + shm_zone->shm.name.len;
+
+    zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+    if (zone->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(zone->shpool->log_ctx, " in civchat zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    /* running out of memory is normal: the LRU makes room */
+    zone->shpool->log_nomem = 0;
+
+    if (zone->state.len) {
+        return ngx_http_civchat_state_load(zone);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_civchat_store_lock(ngx_http_civchat_zone_t *zone)
+{
+    ngx_shmtx_lock(&zone->shpool->mutex);
+}
+
+
+void
+ngx_http_civchat_store_unlock(ngx_http_civchat_zone_t *zone)
+{
+    zone->keep[0] = NULL;
+    zone->keep[1] = NULL;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+static uint32_t
+ngx_http_civchat_hash(u_char kind, u_char *data, size_t len)
+{
+    uint32_t  crc;
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, &kind, 1);
+    ngx_crc32_update(&crc, data, len);
+    ngx_crc32_final(crc);
+
+    return crc;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_index_cmp(ngx_http_civchat_index_t *a, u_char kind,
+    u_char *data, size_t len)
+{
+    if (a->kind != kind) {
+        return (ngx_int_t) a->kind - (ngx_int_t) kind;
+    }
+
+    return ngx_memn2cmp(a->data, data, a->len, len);
+}
+
+
+static void
+ngx_http_civchat_rbtree_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t         **p;
+    ngx_http_civchat_index_t   *n, *t;
+
+    n = (ngx_http_civchat_index_t *) node;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            t = (ngx_http_civchat_index_t *) temp;
+
+            /*
+             * equal entries are allowed: with unified identification off
+             * several profiles may hold one email
+             */
+            p = (ngx_http_civchat_index_cmp(n, t->kind, t->data, t->len) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+ngx_http_civchat_profile_t *
+ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
+    ngx_str_t *value)
+{
+    uint32_t                   hash;
+    ngx_int_t                  rc;
+    ngx_rbtree_node_t         *node, *sentinel;
+    ngx_http_civchat_index_t  *ix;
+
+    if (value->len == 0 || value->len > 255) {
+        return NULL;
+    }
+
+    hash = ngx_http_civchat_hash(kind, value->data, value->len);
+
+    node = zone->sh->rbtree.root;
+    sentinel = zone->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        ix = (ngx_http_civchat_index_t *) node;
+
+        rc = ngx_http_civchat_index_cmp(ix, kind, value->data, value->len);
+
+        if (rc == 0) {
+            return ix->profile;
+        }
+
+        node = (rc > 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * Allocation never fails a request while there is something to evict:
+ * the least recently seen profile goes first, except the ones the
+ * current request works on.
+ */
+
+static void *
+ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone, size_t size)
+{
+    void  *p;
+
+    for ( ;; ) {
+        p = ngx_slab_alloc_locked(zone->shpool, size);
+        if (p != NULL) {
+            return p;
+        }
+
+        if (ngx_http_civchat_evict_one(zone) != NGX_OK) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "civchat zone \"%V\" cannot hold %uz bytes",
+                          &zone->name, size);
+            return NULL;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone)
+{
+    ngx_queue_t                 *q;
+    ngx_http_civchat_profile_t  *p;
+
+    for (q = ngx_queue_last(&zone->sh->lru);
+         q != ngx_queue_sentinel(&zone->sh->lru);
+         q = ngx_queue_prev(q))
+    {
+        p = ngx_queue_data(q, ngx_http_civchat_profile_t, lru);
+
+        if (p == zone->keep[0] || p == zone->keep[1]) {
+            continue;
+        }
+
+        if (!zone->sh->full_logged) {
+            zone->sh->full_logged = 1;
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "civchat zone \"%V\" is full, evicting the least "
+                          "recently seen profiles (logged once)",
+                          &zone->name);
+        }
+
+        zone->sh->evictions++;
+        ngx_http_civchat_store_delete(zone, p);
+
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_http_civchat_index_t *
+ngx_http_civchat_index_new(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, u_char kind, ngx_str_t *value)
+{
+    ngx_http_civchat_index_t  *ix;
+
+    if (value->len == 0 || value->len > 255) {
+        return NULL;
+    }
+
+    ix = ngx_http_civchat_alloc(zone,
+                 offsetof(ngx_http_civchat_index_t, data) + value->len);
+    if (ix == NULL) {
+        return NULL;
+    }
+
+    ix->profile = p;
+    ix->kind = kind;
+    ix->len = (u_char) value->len;
+    ngx_memcpy(ix->data, value->data, value->len);
+    ngx_queue_init(&ix->alias);
+
+    ix->node.key = ngx_http_civchat_hash(kind, value->data, value->len);
+    ngx_rbtree_insert(&zone->sh->rbtree, &ix->node);
+
+    return ix;
+}
+
+
+static void
+ngx_http_civchat_index_free(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_index_t *ix)
+{
+    ngx_rbtree_delete(&zone->sh->rbtree, &ix->node);
+    ngx_slab_free_locked(zone->shpool, ix);
+}
+
+
+ngx_http_civchat_profile_t *
+ngx_http_civchat_store_create(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
+    time_t now)
+{
+    ngx_http_civchat_profile_t  *p;
+
+    p = ngx_http_civchat_alloc(zone, sizeof(ngx_http_civchat_profile_t));
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(p, sizeof(ngx_http_civchat_profile_t));
+    ngx_queue_init(&p->aliases);
+    ngx_queue_insert_head(&zone->sh->lru, &p->lru);
+
+    /* the new profile must survive the allocation of its own key */
+    if (zone->keep[0] == NULL) {
+        zone->keep[0] = p;
+
+    } else if (zone->keep[1] == NULL) {
+        zone->keep[1] = p;
+    }
+
+    p->key = ngx_http_civchat_index_new(zone, p, NGX_HTTP_CIVCHAT_BY_KEY,
+                                        key);
+    if (p->key == NULL) {
+        ngx_queue_remove(&p->lru);
+        ngx_slab_free_locked(zone->shpool, p);
+        return NULL;
+    }
+
+    p->first_seen = now;
+    zone->sh->profiles++;
+    zone->sh->changes++;
+
+    return p;
+}
+
+
+ngx_int_t
+ngx_http_civchat_store_set_index(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, u_char kind, ngx_str_t *value)
+{
+    ngx_http_civchat_index_t  **slot, *ix;
+
+    slot = (kind == NGX_HTTP_CIVCHAT_BY_USER_ID) ? &p->user_id : &p->email;
+
+    if (value != NULL && value->len) {
+        ix = ngx_http_civchat_index_new(zone, p, kind, value);
+        if (ix == NULL) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        ix = NULL;
+    }
+
+    if (*slot) {
+        ngx_http_civchat_index_free(zone, *slot);
+    }
+
+    *slot = ix;
+    zone->sh->changes++;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_civchat_store_add_alias(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *key)
+{
+    ngx_http_civchat_index_t  *ix;
+
+    ix = ngx_http_civchat_index_new(zone, p, NGX_HTTP_CIVCHAT_BY_KEY, key);
+    if (ix == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_queue_insert_tail(&p->aliases, &ix->alias);
+    zone->sh->changes++;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_civchat_store_set_attrs(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, u_char *text, size_t len)
+{
+    u_char  *copy;
+
+    copy = NULL;
+
+    if (len) {
+        copy = ngx_http_civchat_alloc(zone, len);
+        if (copy == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(copy, text, len);
+    }
+
+    if (p->attrs) {
+        ngx_slab_free_locked(zone->shpool, p->attrs);
+    }
+
+    p->attrs = copy;
+    p->attrs_len = len;
+    zone->sh->changes++;
+
+    return NGX_OK;
+}
+
+
+/*
+ * An anonymous profile merged into another: its key and aliases become
+ * aliases of the survivor, which also inherits its counters.  The caller
+ * has already carried the attributes over.
+ */
+
+void
+ngx_http_civchat_store_merge(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *from, ngx_http_civchat_profile_t *into)
+{
+    ngx_queue_t               *q;
+    ngx_http_civchat_index_t  *ix;
+
+    ix = from->key;
+    from->key = NULL;
+    ix->profile = into;
+    ngx_queue_insert_tail(&into->aliases, &ix->alias);
+
+    while (!ngx_queue_empty(&from->aliases)) {
+        q = ngx_queue_head(&from->aliases);
+        ngx_queue_remove(q);
+
+        ix = ngx_queue_data(q, ngx_http_civchat_index_t, alias);
+        ix->profile = into;
+        ngx_queue_insert_tail(&into->aliases, q);
+    }
+
+    into->page_views += from->page_views;
+    into->sessions += from->sessions;
+
+    if (from->first_seen && from->first_seen < into->first_seen) {
+        into->first_seen = from->first_seen;
+    }
+
+    if (from->last_seen > into->last_seen) {
+        into->last_seen = from->last_seen;
+    }
+
+    ngx_http_civchat_store_delete(zone, from);
+}
+
+
+void
+ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p)
+{
+    ngx_queue_t               *q;
+    ngx_http_civchat_index_t  *ix;
+
+    while (!ngx_queue_empty(&p->aliases)) {
+        q = ngx_queue_head(&p->aliases);
+        ngx_queue_remove(q);
+
+        ix = ngx_queue_data(q, ngx_http_civchat_index_t, alias);
+        ngx_http_civchat_index_free(zone, ix);
+    }
+
+    if (p->key) {
+        ngx_http_civchat_index_free(zone, p->key);
+    }
+
+    if (p->user_id) {
+        ngx_http_civchat_index_free(zone, p->user_id);
+    }
+
+    if (p->email) {
+        ngx_http_civchat_index_free(zone, p->email);
+    }
+
+    if (p->attrs) {
+        ngx_slab_free_locked(zone->shpool, p->attrs);
+    }
+
+    ngx_queue_remove(&p->lru);
+    ngx_slab_free_locked(zone->shpool, p);
+
+    zone->sh->profiles--;
+    zone->sh->changes++;
+}
+
+
+void
+ngx_http_civchat_store_touch(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p)
+{
+    ngx_queue_remove(&p->lru);
+    ngx_queue_insert_head(&zone->sh->lru, &p->lru);
+
+    if (zone->keep[0] == NULL || zone->keep[0] == p) {
+        zone->keep[0] = p;
+
+    } else {
+        zone->keep[1] = p;
+    }
+}

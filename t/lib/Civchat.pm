@@ -1,0 +1,1172 @@
+package Civchat;
+
+# (C) civchat developers
+
+# A small test harness for the civchat module, modelled on the API of
+# nginx-tests' lib/Test/Nginx.pm (new, write_file_expand, run, try_run,
+# reload, stop, testdir, read_file, port) but written for this project,
+# with core Perl only.  See t/README.md for the environment variables.
+
+###############################################################################
+
+use warnings;
+use strict;
+
+use Cwd qw/abs_path/;
+use Exporter qw/import/;
+use File::Basename qw/dirname/;
+use File::Temp qw/tempdir/;
+use IO::Select;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw/:sys_wait_h/;
+use Socket qw/SOL_SOCKET SO_REUSEADDR/;
+use Test::More;
+use Time::HiRes qw/sleep time/;
+
+our @EXPORT_OK = qw/json_encode json_decode is_key uniq_id deep_subset
+	ignored_reason events_of/;
+
+$SIG{PIPE} = 'IGNORE';
+
+our $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
+
+my $REPO = abs_path(dirname(__FILE__) . '/../..');
+
+###############################################################################
+
+sub new {
+	my ($class, %opts) = @_;
+
+	my $self = bless {
+		module_wanted => exists $opts{module} ? $opts{module} : 1,
+		ports => {},
+		started => 0,
+		log_offset => 0,
+		checked => 0,
+	}, $class;
+
+	$self->{_testdir} = tempdir('civchat-test-XXXXXXXXXX',
+		TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+	chmod(0755, $self->{_testdir});
+
+	my $bin = $ENV{TEST_NGINX_BINARY};
+	if (!defined $bin) {
+		$bin = "$REPO/build/nginx/objs/nginx";
+		$bin = '/usr/sbin/nginx' unless -f $bin && -x $bin;
+	}
+	Test::More::BAIL_OUT("no nginx binary at $bin") unless -x $bin;
+	$self->{binary} = $bin;
+
+	$self->{module} = $ENV{TEST_NGINX_MODULE}
+		// "$REPO/build/ngx_http_civchat_module.so";
+
+	diag("testdir $self->{_testdir}") if $ENV{TEST_NGINX_LEAVE};
+
+	return $self;
+}
+
+sub DESTROY {
+	my ($self) = @_;
+	local $?;
+	$self->stop_fast() if $self->{started};
+}
+
+sub repo { $REPO }
+sub testdir { $_[0]->{_testdir} }
+sub binary { $_[0]->{binary} }
+sub module_path { $_[0]->{module} }
+
+sub has_module {
+	my ($self) = @_;
+	return -f $self->{module};
+}
+
+# skip the whole file when the module is not built yet
+sub need_module {
+	my ($self) = @_;
+	return $self if $self->has_module();
+	Test::More::plan(skip_all => "no module at $self->{module} "
+		. "(build it, or set TEST_NGINX_MODULE)");
+}
+
+sub has_debug {
+	my ($self) = @_;
+	$self->{_V} //= `$self->{binary} -V 2>&1`;
+	return $self->{_V} =~ /--with-debug/;
+}
+
+###############################################################################
+
+# a free loopback port, chosen once per test file by binding port 0
+
+sub port {
+	my ($self, $n) = @_;
+	$n //= 0;
+
+	return $self->{ports}{$n} if $self->{ports}{$n};
+
+	for (1 .. 50) {
+		my $s = IO::Socket::INET->new(
+			Proto => 'tcp',
+			LocalAddr => '127.0.0.1',
+			LocalPort => 0,
+			Listen => 1,
+		) or die "port: $!\n";
+		my $port = $s->sockport();
+		close $s;
+		next if grep { $_ == $port } values %{$self->{ports}};
+		return $self->{ports}{$n} = $port;
+	}
+
+	die "port: no free port\n";
+}
+
+sub base_url {
+	my ($self, $path, $n) = @_;
+	return 'http://127.0.0.1:' . $self->port($n) . ($path // '/civchat/');
+}
+
+###############################################################################
+
+sub test_globals {
+	my ($self) = @_;
+
+	my $d = $self->{_testdir};
+	my $level = $ENV{TEST_NGINX_DEBUG} && $self->has_debug()
+		? 'debug' : 'info';
+	my $s = '';
+
+	$s .= "load_module $self->{module};\n"
+		if $self->{module_wanted};
+	$s .= "pid $d/nginx.pid;\n";
+	$s .= "error_log $d/error.log $level;\n";
+	$s .= "daemon on;\nmaster_process on;\n"
+		unless $self->{no_daemon_globals};
+	$s .= "user root;\n" if $> == 0;
+	$s .= $ENV{TEST_NGINX_GLOBALS} . "\n" if $ENV{TEST_NGINX_GLOBALS};
+
+	return $s;
+}
+
+sub test_globals_http {
+	my ($self) = @_;
+
+	my $d = $self->{_testdir};
+	my $s = '';
+
+	$s .= "access_log $d/access.log;\n";
+	$s .= "client_body_temp_path $d/client_body_temp;\n";
+	$s .= "proxy_temp_path $d/proxy_temp;\n";
+	$s .= "fastcgi_temp_path $d/fastcgi_temp;\n";
+	$s .= "uwsgi_temp_path $d/uwsgi_temp;\n";
+	$s .= "scgi_temp_path $d/scgi_temp;\n";
+	$s .= $ENV{TEST_NGINX_GLOBALS_HTTP} . "\n"
+		if $ENV{TEST_NGINX_GLOBALS_HTTP};
+
+	return $s;
+}
+
+sub expand {
+	my ($self, $content) = @_;
+
+	my $d = $self->{_testdir};
+
+	$content =~ s/%%TEST_GLOBALS%%/$self->test_globals()/ge;
+	$content =~ s/%%TEST_GLOBALS_HTTP%%/$self->test_globals_http()/ge;
+	$content =~ s/%%TESTDIR%%/$d/g;
+	$content =~ s/%%REPO%%/$REPO/g;
+	$content =~ s/%%MODULE%%/$self->{module}/g;
+	$content =~ s/%%PORT_(\d+)%%/$self->port($1)/ge;
+
+	return $content;
+}
+
+sub write_file {
+	my ($self, $name, $content) = @_;
+
+	my $path = $name =~ m{^/} ? $name : "$self->{_testdir}/$name";
+	open(my $fh, '>:raw', $path) or die "write_file $path: $!\n";
+	print $fh $content;
+	close $fh;
+
+	return $path;
+}
+
+sub write_file_expand {
+	my ($self, $name, $content) = @_;
+	return $self->write_file($name, $self->expand($content));
+}
+
+# the nginx.conf of this test file; remembered for test_config/reload
+sub config {
+	my ($self, $content) = @_;
+	$self->{config} = $content;
+	$self->write_file_expand('nginx.conf', $content);
+	return $self;
+}
+
+sub read_file {
+	my ($self, $name) = @_;
+
+	my $path = $name =~ m{^/} ? $name : "$self->{_testdir}/$name";
+	open(my $fh, '<:raw', $path) or return undef;
+	local $/;
+	my $content = <$fh>;
+	close $fh;
+
+	return $content;
+}
+
+###############################################################################
+
+# nginx -t on a config (the remembered one, or the given text);
+# returns (exit code, output)
+
+sub test_config {
+	my ($self, $content, $name) = @_;
+
+	$name //= 'nginx.conf';
+	$self->write_file_expand($name, $content) if defined $content;
+
+	my $d = $self->{_testdir};
+	my $out = `$self->{binary} -t -p $d/ -c $d/$name -e stderr 2>&1`;
+	my $rc = $? >> 8;
+
+	return wantarray ? ($rc, $out) : $rc;
+}
+
+sub _pid {
+	my ($self) = @_;
+	my $pid = $self->read_file('nginx.pid');
+	return undef unless defined $pid && $pid =~ /(\d+)/;
+	return $1;
+}
+
+sub master_pid { $_[0]->_pid() }
+
+sub _start {
+	my ($self) = @_;
+
+	die "no config written\n" unless -f "$self->{_testdir}/nginx.conf";
+
+	my $d = $self->{_testdir};
+	my $log = "$d/error.log";
+	$self->{log_offset} = -s $log // 0;
+
+	unlink("$d/nginx.pid");
+
+	my $out = `$self->{binary} -p $d/ -c $d/nginx.conf -e $log 2>&1`;
+	my $rc = $? >> 8;
+
+	return (0, $out || $self->_log_tail()) if $rc != 0;
+
+	# the daemon is listening once the parent exited; wait for the pid
+	# file and for the workers
+
+	for (1 .. 100) {
+		last if $self->_pid() && $self->worker_pids();
+		sleep 0.05;
+	}
+
+	return (0, "nginx did not start: " . $self->_log_tail())
+		unless $self->_pid();
+
+	$self->{started} = 1;
+
+	for my $n (@{$self->{wait_ports} // [sort keys %{$self->{ports}}]}) {
+		$self->waitforsocket('127.0.0.1:' . $self->port($n));
+	}
+
+	return (1, '');
+}
+
+sub _log_tail {
+	my ($self) = @_;
+	my $log = $self->read_file('error.log') // '';
+	$log = substr($log, $self->{log_offset}) if length $log
+		>= $self->{log_offset};
+	return $log;
+}
+
+sub run {
+	my ($self) = @_;
+	my ($ok, $err) = $self->_start();
+	die "nginx failed to start:\n$err" unless $ok;
+	return $self;
+}
+
+# a config that fails to start skips the whole file (as in nginx-tests)
+sub try_run {
+	my ($self, $message) = @_;
+	my ($ok, $err) = $self->_start();
+	return $self if $ok;
+	Test::More::plan(skip_all => $message // "cannot start nginx: $err");
+}
+
+sub waitforsocket {
+	my ($self, $peer) = @_;
+
+	for (1 .. 100) {
+		my $s = IO::Socket::INET->new(Proto => 'tcp', PeerAddr => $peer);
+		return 1 if $s;
+		sleep 0.05;
+	}
+
+	return 0;
+}
+
+sub _alive {
+	my ($pid) = @_;
+	return 0 unless kill(0, $pid);
+	my $stat = '';
+	if (open(my $fh, '<', "/proc/$pid/stat")) {
+		$stat = <$fh> // '';
+		close $fh;
+	}
+	return $stat =~ /^\d+ \(.*\) Z/ ? 0 : 1;
+}
+
+sub worker_pids {
+	my ($self) = @_;
+
+	my $master = $self->_pid() or return ();
+	my @pids;
+
+	opendir(my $dh, '/proc') or return ();
+	for my $pid (grep { /^\d+$/ } readdir $dh) {
+		open(my $fh, '<', "/proc/$pid/stat") or next;
+		my $stat = <$fh> // '';
+		close $fh;
+		next unless $stat =~ /^\d+ \((.*)\) (\S) (\d+)/;
+		next unless $3 == $master && $2 ne 'Z';
+		my $cmd = $self->read_file("/proc/$pid/cmdline") // '';
+		next if $cmd =~ /cache/;
+		push @pids, $pid;
+	}
+	closedir $dh;
+
+	return sort { $a <=> $b } @pids;
+}
+
+sub _signal {
+	my ($self, $sig) = @_;
+	my $pid = $self->_pid() or die "no nginx master\n";
+	kill($sig, $pid) or die "kill $sig $pid: $!\n";
+	return $pid;
+}
+
+# HUP, then wait until the old workers are gone and new ones run;
+# with a new config text, writes it first
+
+sub reload {
+	my ($self, $content) = @_;
+
+	$self->config($content) if defined $content;
+
+	my %old = map { $_ => 1 } $self->worker_pids();
+	$self->_signal('HUP');
+
+	my $deadline = time() + 15;
+	while (time() < $deadline) {
+		my @now = $self->worker_pids();
+		my $gone = !grep { _alive($_) } keys %old;
+		my @new = grep { !$old{$_} } @now;
+		return 1 if $gone && @new;
+		sleep 0.05;
+	}
+
+	return 0;
+}
+
+sub reopen {
+	my ($self) = @_;
+	$self->_signal('USR1');
+	return $self;
+}
+
+sub _wait_exit {
+	my ($self, $pid, $timeout) = @_;
+
+	my $deadline = time() + $timeout;
+	while (time() < $deadline) {
+		return 1 unless _alive($pid);
+		sleep 0.05;
+	}
+
+	return 0;
+}
+
+sub stop {
+	my ($self) = @_;
+
+	return $self unless $self->{started};
+
+	my $pid = $self->_pid();
+	if ($pid) {
+		kill('QUIT', $pid);
+		unless ($self->_wait_exit($pid, 20)) {
+			kill('KILL', $pid);
+			$self->_wait_exit($pid, 5);
+		}
+	}
+
+	$self->{started} = 0;
+	return $self;
+}
+
+sub stop_fast {
+	my ($self) = @_;
+
+	return $self unless $self->{started};
+
+	my $pid = $self->_pid();
+	if ($pid) {
+		kill('TERM', $pid);
+		unless ($self->_wait_exit($pid, 10)) {
+			kill('KILL', $pid);
+			$self->_wait_exit($pid, 5);
+		}
+	}
+
+	$self->{started} = 0;
+	return $self;
+}
+
+sub restart {
+	my ($self) = @_;
+	$self->stop();
+	return $self->run();
+}
+
+###############################################################################
+
+# error.log since the last start: no alert, crit or emerg, no crashed
+# worker, no sanitizer report
+
+sub log_problems {
+	my ($self) = @_;
+
+	my $log = $self->read_file('error.log') // '';
+	my @bad;
+
+	for my $line (split /\n/, $log) {
+		push @bad, $line if $line =~ /\[(alert|crit|emerg)\]/
+			|| $line =~ /exited on signal/
+			|| $line =~ /worker process \d+ exited with (fatal )?code [1-9]/
+			|| $line =~ /Sanitizer|runtime error:/;
+	}
+
+	return @bad;
+}
+
+sub check_log {
+	my ($self) = @_;
+
+	my @bad = $self->log_problems();
+	ok(!@bad, 'error.log: no alert, crit, emerg or crashed worker')
+		or diag(join("\n", @bad[0 .. ($#bad > 20 ? 20 : $#bad)]));
+
+	$self->{checked} = 1;
+}
+
+# stops nginx, checks the error log and ends the plan
+sub done_testing {
+	my ($self) = @_;
+
+	$self->stop();
+	$self->check_log();
+
+	if ($ENV{TEST_NGINX_CATLOG}) {
+		diag($self->read_file('error.log') // '');
+	}
+
+	Test::More::done_testing();
+}
+
+###############################################################################
+
+# requests
+
+sub json_encode { $JSON->encode($_[0]) }
+
+sub json_decode {
+	my ($text) = @_;
+	return undef unless defined $text && length $text;
+	my $v = eval { $JSON->decode($text) };
+	return $v;
+}
+
+sub is_key {
+	my ($k) = @_;
+	return defined $k && !ref $k && $k =~ /^[A-Za-z0-9]{16}$/ ? 1 : 0;
+}
+
+my $uniq = 0;
+
+sub uniq_id {
+	my ($prefix) = @_;
+	$uniq++;
+	return ($prefix // 'u') . "-$$-" . int(time() * 1000) % 100000000
+		. "-$uniq";
+}
+
+# one request on a new connection; returns a Civchat::Response
+#   method, path, headers => [name => value, ...], body, chunked => size,
+#   host, port (an index for port()), http => '1.0'|'1.1', raw, timeout
+
+sub request {
+	my ($self, %o) = @_;
+
+	my $raw = $o{raw};
+
+	unless (defined $raw) {
+		my $method = $o{method} // 'GET';
+		my $ver = $o{http} // '1.1';
+		my @h = @{$o{headers} // []};
+		my %have = map { lc $h[$_ * 2] => 1 } 0 .. $#h / 2;
+		my $body = $o{body};
+
+		$raw = "$method $o{path} HTTP/$ver\r\n";
+		$raw .= "Host: " . ($o{host} // '127.0.0.1:'
+			. $self->port($o{port})) . "\r\n" unless $have{host};
+		$raw .= "Connection: close\r\n"
+			if $ver eq '1.1' && !$have{connection};
+
+		while (my ($k, $v) = splice(@h, 0, 2)) {
+			next unless defined $v;
+			$raw .= "$k: $v\r\n";
+		}
+
+		if (defined $body && $o{chunked}) {
+			$raw .= "Transfer-Encoding: chunked\r\n\r\n";
+			my $n = $o{chunked} > 1 ? $o{chunked} : 4096;
+			for (my $i = 0; $i < length $body; $i += $n) {
+				my $c = substr($body, $i, $n);
+				$raw .= sprintf("%x\r\n%s\r\n", length $c, $c);
+			}
+			$raw .= "0\r\n\r\n";
+
+		} elsif (defined $body) {
+			$raw .= "Content-Length: " . length($body) . "\r\n"
+				unless $have{'content-length'};
+			$raw .= "\r\n" . $body;
+
+		} else {
+			$raw .= "\r\n";
+		}
+	}
+
+	my $text = $self->http($raw, port => $o{port}, timeout => $o{timeout},
+		ssl => $o{ssl});
+
+	return Civchat::Response->parse($text, $o{method} // '');
+}
+
+# sends raw bytes, returns the raw answer (until the server closes)
+
+sub http {
+	my ($self, $raw, %o) = @_;
+
+	my $peer = '127.0.0.1:' . $self->port($o{port});
+	my $timeout = $o{timeout} // 10;
+	my $s;
+
+	if ($o{ssl}) {
+		require IO::Socket::SSL;
+		$s = IO::Socket::SSL->new(PeerAddr => $peer,
+			SSL_verify_mode => 0, Timeout => $timeout)
+			or return '';
+	} else {
+		$s = IO::Socket::INET->new(Proto => 'tcp', PeerAddr => $peer,
+			Timeout => $timeout) or return '';
+	}
+
+	warn "# >>> $raw\n" if $ENV{TEST_NGINX_VERBOSE};
+
+	# write and read interleaved: the server may answer (413) before
+	# it has read the whole body
+
+	my $out = $raw;
+	my $in = '';
+	my $deadline = time() + $timeout;
+	$s->blocking(0) unless $o{ssl};
+
+	if ($o{ssl}) {
+		$s->syswrite($out);
+		$out = '';
+		$s->blocking(1);
+		local $SIG{ALRM} = sub { die "timeout\n" };
+		alarm($timeout);
+		eval {
+			while (1) {
+				my $n = $s->sysread(my $buf, 65536);
+				last unless $n;
+				$in .= $buf;
+			}
+		};
+		alarm(0);
+
+	} else {
+		my $sel = IO::Select->new($s);
+
+		while (time() < $deadline) {
+			my ($r, $w) = IO::Select->select($sel,
+				length $out ? $sel : undef, undef, 0.5);
+
+			if ($w && @$w && length $out) {
+				my $n = syswrite($s, $out, 65536);
+				if (defined $n) {
+					substr($out, 0, $n) = '';
+					shutdown($s, 1) if !length $out && $o{half_close};
+				} elsif (!$!{EAGAIN}) {
+					$out = '';
+				}
+			}
+
+			if ($r && @$r) {
+				my $n = sysread($s, my $buf, 65536);
+				if (!defined $n) {
+					next if $!{EAGAIN};
+					last;
+				}
+				last if $n == 0;
+				$in .= $buf;
+			}
+		}
+	}
+
+	close $s;
+
+	warn "# <<< $in\n" if $ENV{TEST_NGINX_VERBOSE};
+
+	return $in;
+}
+
+sub get {
+	my ($self, $uri, %headers) = @_;
+	return $self->request(method => 'GET', path => $uri,
+		headers => [%headers]);
+}
+
+sub head {
+	my ($self, $uri, %headers) = @_;
+	return $self->request(method => 'HEAD', path => $uri,
+		headers => [%headers]);
+}
+
+# $data: a Perl structure (JSON-encoded) or a string sent as is
+
+sub post_json {
+	my ($self, $uri, $data, %headers) = @_;
+
+	my $body = ref $data ? json_encode($data) : $data;
+	my %lc = map { lc $_ => 1 } keys %headers;
+	my @h = %headers;
+	unshift @h, 'Content-Type' => 'application/json'
+		unless $lc{'content-type'};
+
+	my %o = (method => 'POST', path => $uri, headers => \@h,
+		body => $body);
+	$o{chunked} = delete $headers{_chunked} if $headers{_chunked};
+	@h = grep { defined } @h;
+
+	return $self->request(%o);
+}
+
+sub client {
+	my ($self, %o) = @_;
+	return Civchat::Client->new($self, %o);
+}
+
+###############################################################################
+
+# events from the NDJSON store file
+#   file => path (default TESTDIR/events.ndjson), count => N (wait until
+#   at least N matching events), match => {field => value|qr//} or sub,
+#   timeout => seconds (5), settle => seconds to wait before the last
+#   read (default 0.35 when no count is given: time for a 100ms flush)
+
+sub read_events {
+	my ($self, %o) = @_;
+
+	my $file = $o{file} // "$self->{_testdir}/events.ndjson";
+	my $timeout = $o{timeout} // 5;
+	my $deadline = time() + $timeout;
+	my @ev;
+
+	if (!defined $o{count}) {
+		sleep($o{settle} // 0.35);
+	}
+
+	while (1) {
+		@ev = $self->_matching($file, $o{match});
+		last if !defined $o{count} || @ev >= $o{count};
+		last if time() >= $deadline;
+		sleep 0.05;
+	}
+
+	if (defined $o{count} && $o{settle}) {
+		sleep $o{settle};
+		@ev = $self->_matching($file, $o{match});
+	}
+
+	return @ev;
+}
+
+sub _matching {
+	my ($self, $file, $match) = @_;
+	my @all = $self->parse_events($file);
+	return @all unless $match;
+	return grep { $match->($_) } @all if ref $match eq 'CODE';
+	return events_of(\@all, %$match);
+}
+
+# all complete lines; a line that is not JSON is kept as
+# { _bad => $line } so that tests can see it
+
+sub parse_events {
+	my ($self, $file) = @_;
+
+	$file //= "$self->{_testdir}/events.ndjson";
+	my $text = $self->read_file($file) // '';
+	my @ev;
+
+	while ($text =~ /([^\n]*)\n/g) {
+		my $line = $1;
+		my $e = json_decode($line);
+		push @ev, ref $e eq 'HASH' ? $e : { _bad => $line };
+	}
+
+	return @ev;
+}
+
+sub events_of {
+	my ($events, %m) = @_;
+
+	return grep {
+		my $e = $_;
+		!grep {
+			my $want = $m{$_};
+			my $have = $e->{$_};
+			!defined $have ? 1
+			: ref $want eq 'Regexp' ? $have !~ $want
+			: $have ne $want;
+		} keys %m;
+	} @$events;
+}
+
+###############################################################################
+
+# one loop for a list of cases:
+#   { name, method (POST), path (relative to base), body (data or raw
+#     string), headers (hash or pairs), cookie, chunked, status, error,
+#     detail (regexp), header => {name => value|qr//|undef},
+#     json_like (subset match), ignored => {name => reason|qr//},
+#     no_ignored => [names], check => sub($res, $case) }
+
+sub run_cases {
+	my ($self, $cases, %o) = @_;
+
+	my $base = $o{base} // '/civchat/';
+
+	for my $c (@$cases) {
+		my $name = $c->{name};
+		my $method = $c->{method} // 'POST';
+		my @h = ref $c->{headers} eq 'HASH' ? %{$c->{headers}}
+			: @{$c->{headers} // []};
+
+		push @h, Cookie => $c->{cookie} if defined $c->{cookie};
+
+		my %lc = map { lc $h[$_ * 2] => 1 } 0 .. $#h / 2;
+		my $body = $c->{body};
+		$body = json_encode($body) if ref $body;
+
+		if (defined $body && !$lc{'content-type'}
+			&& !$c->{no_content_type})
+		{
+			unshift @h, 'Content-Type' => 'application/json';
+		}
+
+		my $path = $c->{path} // 'init';
+		$path = $base . $path unless $path =~ m{^/};
+
+		my $r = $self->request(method => $method, path => $path,
+			headers => \@h, body => $body, chunked => $c->{chunked},
+			raw => $c->{raw}, port => $c->{port});
+
+		$r->check($c, $name);
+	}
+}
+
+###############################################################################
+
+package Civchat::Response;
+
+use Test::More;
+
+sub parse {
+	my ($class, $raw, $method) = @_;
+
+	my $self = bless { raw => $raw, status => 0, headers => {},
+		body => '', json => undef }, $class;
+
+	return $self unless defined $raw
+		&& $raw =~ /^HTTP\/1\.[01] (\d{3})([^\r\n]*)\r?\n/;
+
+	$self->{status} = $1;
+	$self->{reason} = $2;
+
+	my $end = index($raw, "\r\n\r\n");
+	my $head = $end >= 0 ? substr($raw, 0, $end) : $raw;
+	my $body = $end >= 0 ? substr($raw, $end + 4) : '';
+
+	for my $line (split /\r\n/, $head) {
+		next unless $line =~ /^([^:\s]+):\s*(.*?)\s*$/;
+		push @{$self->{headers}{lc $1}}, $2;
+	}
+
+	if (($self->header('transfer-encoding') // '') =~ /chunked/i) {
+		my $decoded = '';
+		while ($body =~ s/^([0-9a-fA-F]+)[^\r\n]*\r\n//) {
+			my $n = hex $1;
+			last if $n == 0;
+			$decoded .= substr($body, 0, $n);
+			substr($body, 0, $n + 2) = '';
+		}
+		$body = $decoded;
+	}
+
+	$self->{body} = $body;
+	$self->{json} = Civchat::json_decode($body)
+		if ($self->header('content-type') // '') =~ /json/i
+		|| $body =~ /^\s*[\{\[]/;
+
+	return $self;
+}
+
+sub status { $_[0]->{status} }
+sub body { $_[0]->{body} }
+sub json { $_[0]->{json} }
+sub raw { $_[0]->{raw} }
+
+# the first value of a header (or all of them in list context)
+sub header {
+	my ($self, $name) = @_;
+	my $v = $self->{headers}{lc $name} // [];
+	return wantarray ? @$v : $v->[0];
+}
+
+sub set_cookies {
+	my ($self) = @_;
+	return @{$self->{headers}{'set-cookie'} // []};
+}
+
+# the Set-Cookie line for a cookie name
+sub set_cookie {
+	my ($self, $name) = @_;
+	$name //= '__ca__chat';
+	my @c = grep { /^\Q$name\E=/ } $self->set_cookies();
+	return $c[0];
+}
+
+sub cookie_value {
+	my ($self, $name) = @_;
+	my $c = $self->set_cookie($name) // return undef;
+	return $c =~ /^[^=]+=([^;]*)/ ? $1 : undef;
+}
+
+# {"name" => ..., } attributes of a Set-Cookie line, lower-cased names
+sub cookie_attrs {
+	my ($self, $name) = @_;
+	my $c = $self->set_cookie($name) // return undef;
+	my (undef, @parts) = split /;\s*/, $c;
+	my %a;
+	for (@parts) {
+		my ($k, $v) = split /=/, $_, 2;
+		$a{lc $k} = $v // 1;
+	}
+	return \%a;
+}
+
+sub key { my $j = $_[0]->{json}; ref $j eq 'HASH' ? $j->{key} : undef }
+
+sub user {
+	my $j = $_[0]->{json};
+	return ref $j eq 'HASH' && ref $j->{user} eq 'HASH' ? $j->{user} : {};
+}
+
+sub ignored_reason {
+	my ($self, $name) = @_;
+	return Civchat::ignored_reason($self->{json}, $name);
+}
+
+sub error { my $j = $_[0]->{json}; ref $j eq 'HASH' ? $j->{error} : undef }
+
+sub describe {
+	my ($self) = @_;
+	my $raw = $self->{raw} // '';
+	$raw = substr($raw, 0, 1500) . '...' if length $raw > 1500;
+	return "response:\n$raw";
+}
+
+# the checks of one run_cases entry
+sub check {
+	my ($r, $c, $name) = @_;
+
+	my $ok = 1;
+
+	if (defined $c->{status}) {
+		if (ref $c->{status} eq 'ARRAY') {
+			$ok &= ok((grep { $r->{status} == $_ } @{$c->{status}}),
+				"$name: status $r->{status} in @{$c->{status}}");
+		} else {
+			$ok &= is($r->{status}, $c->{status}, "$name: status");
+		}
+	}
+
+	if (defined $c->{error}) {
+		my $j = $r->{json};
+		my $err = ref $j eq 'HASH' ? $j->{error} : undef;
+		if (ref $c->{error} eq 'ARRAY') {
+			$ok &= ok(defined $err && (grep { $err eq $_ } @{$c->{error}}),
+				"$name: error " . ($err // 'undef')
+				. " in @{$c->{error}}");
+		} else {
+			$ok &= is($err, $c->{error}, "$name: error code");
+		}
+		$ok &= ok(ref $j eq 'HASH' && defined $j->{detail}
+			&& !ref $j->{detail} && length $j->{detail} > 5,
+			"$name: detail sentence");
+		$ok &= like($j->{detail}, $c->{detail}, "$name: detail names it")
+			if $c->{detail} && ref $j eq 'HASH';
+		$ok &= like($r->header('content-type') // '', qr/json/,
+			"$name: error is JSON");
+	}
+
+	for my $h (sort keys %{$c->{header} // {}}) {
+		my $want = $c->{header}{$h};
+		my $have = join(', ', $r->header($h));
+		$have = undef unless length $have;
+		if (!defined $want) {
+			$ok &= ok(!defined $have, "$name: no $h header");
+		} elsif (ref $want eq 'Regexp') {
+			$ok &= like($have, $want, "$name: $h header");
+		} else {
+			$ok &= is($have, $want, "$name: $h header");
+		}
+	}
+
+	if ($c->{json_like}) {
+		my @diff = Civchat::deep_subset($c->{json_like}, $r->{json});
+		$ok &= ok(!@diff, "$name: json") or diag(join("\n", @diff));
+	}
+
+	for my $f (sort keys %{$c->{ignored} // {}}) {
+		my $want = $c->{ignored}{$f};
+		my $have = $r->ignored_reason($f);
+		if (ref $want eq 'Regexp') {
+			$ok &= like($have, $want, "$name: $f ignored");
+		} else {
+			$ok &= is($have, $want, "$name: $f ignored");
+		}
+	}
+
+	for my $f (@{$c->{no_ignored} // []}) {
+		$ok &= ok(!defined $r->ignored_reason($f),
+			"$name: $f not ignored");
+	}
+
+	$ok &= $c->{check}->($r, $c) if $c->{check};
+
+	diag($r->describe()) unless $ok;
+
+	return $ok;
+}
+
+###############################################################################
+
+package Civchat::Client;
+
+# a browser: keeps the cookie jar between calls, adds the apiKey and a
+# page url unique to each request (so the events of one request can be
+# found by their url)
+
+sub new {
+	my ($class, $t, %o) = @_;
+
+	return bless {
+		t => $t,
+		base => $o{base} // '/civchat/',
+		api_key => exists $o{api_key} ? $o{api_key} : 'TESTKEY',
+		jar => {},
+		headers => $o{headers} // [],
+		port => $o{port},
+		ssl => $o{ssl},
+		cookie_name => $o{cookie_name} // '__ca__chat',
+		last_url => undef,
+	}, $class;
+}
+
+sub jar { $_[0]->{jar} }
+
+sub cookie {
+	my ($self, $name) = @_;
+	return $self->{jar}{$name // $self->{cookie_name}};
+}
+
+sub set_cookie {
+	my ($self, $name, $value) = @_;
+	if (defined $value) {
+		$self->{jar}{$name} = $value;
+	} else {
+		delete $self->{jar}{$name};
+	}
+	return $self;
+}
+
+sub key { $_[0]->cookie() }
+sub last_url { $_[0]->{last_url} }
+
+# post(endpoint, data, %opts): base => '/x/', headers => [...],
+# no_api_key => 1, url => ...
+
+sub post {
+	my ($self, $endpoint, $data, %o) = @_;
+
+	$data = { %{$data // {}} };
+
+	unless ($o{no_api_key} || grep { exists $data->{$_} }
+		qw/apiKey api_key app_key/)
+	{
+		$data->{apiKey} = $self->{api_key} if defined $self->{api_key};
+	}
+
+	unless (exists $data->{url} || $o{no_url}) {
+		$data->{url} = 'http://site.test/' . Civchat::uniq_id('page');
+	}
+
+	$self->{last_url} = $data->{url};
+
+	my @h = ('Content-Type' => 'application/json',
+		@{$self->{headers}}, @{$o{headers} // []});
+
+	my $cookie = join('; ', map { "$_=$self->{jar}{$_}" }
+		sort keys %{$self->{jar}});
+	push @h, Cookie => $cookie if length $cookie;
+
+	my $r = $self->{t}->request(method => 'POST',
+		path => ($o{base} // $self->{base}) . $endpoint,
+		headers => \@h, body => Civchat::json_encode($data),
+		port => $o{port} // $self->{port}, ssl => $self->{ssl});
+
+	$self->absorb($r);
+	return $r;
+}
+
+sub absorb {
+	my ($self, $r) = @_;
+
+	for my $c ($r->set_cookies()) {
+		next unless $c =~ /^([^=;\s]+)=([^;]*)/;
+		my ($n, $v) = ($1, $2);
+		if ($c =~ /max-age=0\b/i || $v eq '') {
+			delete $self->{jar}{$n};
+		} else {
+			$self->{jar}{$n} = $v;
+		}
+	}
+}
+
+sub init { my $s = shift; $s->post('init', @_) }
+sub page_hit { my $s = shift; $s->post('page_hit', @_) }
+sub reset_auth { my $s = shift; $s->post('reset_auth', @_) }
+sub update { my $s = shift; $s->post('update', @_) }
+sub event { my $s = shift; $s->post('event', @_) }
+sub product_event { my $s = shift; $s->post('product_event', @_) }
+
+# events written by the last request (they all carry its url)
+sub events {
+	my ($self, %o) = @_;
+	my $url = $self->{last_url};
+	my %m = (url => $url, %{$o{match} // {}});
+	return $self->{t}->read_events(%o, match => \%m);
+}
+
+###############################################################################
+
+package Civchat;
+
+sub ignored_reason {
+	my ($json, $name) = @_;
+	return undef unless ref $json eq 'HASH'
+		&& ref $json->{ignored} eq 'ARRAY';
+	for my $i (@{$json->{ignored}}) {
+		next unless ref $i eq 'HASH';
+		return $i->{reason} if defined $i->{name} && $i->{name} eq $name;
+	}
+	return undef;
+}
+
+# is $want a subset of $have?  returns the differences (empty: yes);
+# a Regexp in $want matches a scalar, undef matches null, a CODE
+# reference is called with the value
+
+sub deep_subset {
+	my ($want, $have, $path) = @_;
+	$path //= '$';
+
+	if (ref $want eq 'HASH') {
+		return ("$path: not an object") unless ref $have eq 'HASH';
+		return map {
+			exists $have->{$_}
+				? deep_subset($want->{$_}, $have->{$_}, "$path.$_")
+				: ("$path.$_: missing")
+		} sort keys %$want;
+	}
+
+	if (ref $want eq 'ARRAY') {
+		return ("$path: not an array") unless ref $have eq 'ARRAY';
+		return ("$path: " . scalar(@$have) . " items, want "
+			. scalar(@$want)) unless @$have == @$want;
+		return map { deep_subset($want->[$_], $have->[$_], "$path\[$_\]") }
+			0 .. $#$want;
+	}
+
+	if (ref $want eq 'Regexp') {
+		return () if defined $have && !ref $have && $have =~ $want;
+		return ("$path: " . _show($have) . " !~ $want");
+	}
+
+	if (ref $want eq 'CODE') {
+		return () if $want->($have);
+		return ("$path: " . _show($have) . " rejected");
+	}
+
+	if (!defined $want) {
+		return () if !defined $have;
+		return ("$path: " . _show($have) . ", want null");
+	}
+
+	if (JSON::PP::is_bool($want)) {
+		return () if JSON::PP::is_bool($have) && !!$have == !!$want;
+		return ("$path: " . _show($have) . ", want "
+			. ($want ? 'true' : 'false'));
+	}
+
+	return ("$path: " . _show($have) . ", want " . _show($want))
+		if !defined $have || ref $have;
+
+	return () if $have eq $want;
+	return ("$path: " . _show($have) . ", want " . _show($want));
+}
+
+sub _show {
+	my ($v) = @_;
+	return 'undef' unless defined $v;
+	return ref $v ? json_encode($v) : "\"$v\"";
+}
+
+1;
+
+###############################################################################
