@@ -214,6 +214,8 @@ typedef struct {
 
     ngx_http_civchat_user_t       user;
     ngx_str_t                     state;          /* widget look asked for */
+    ngx_int_t                     answer_rc;      /* of an error answer */
+    unsigned                      answered:1;
     unsigned                      created:1;
     unsigned                      changed:1;      /* attributes changed */
 } ngx_http_civchat_ctx_t;

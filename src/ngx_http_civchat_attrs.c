@@ -81,7 +81,7 @@ static uint32_t ngx_http_civchat_lowercase(uint32_t c);
 static uint32_t ngx_http_civchat_latin_ext_a_lowercase(uint32_t c);
 
 static ngx_uint_t ngx_http_civchat_not_given(json_t *value);
-static ngx_int_t ngx_http_civchat_string(json_t *value, u_char **p,
+static ngx_int_t ngx_http_civchat_string_data(json_t *value, u_char **p,
     size_t *len);
 static void ngx_http_civchat_trim(u_char **p, size_t *len);
 static ngx_uint_t ngx_http_civchat_has_control(u_char *p, size_t len);
@@ -303,9 +303,9 @@ ngx_http_civchat_normalize_name(ngx_pool_t *pool, u_char *name, size_t len,
 
 
 /*
- * Normalizes a name into buf, which holds NGX_HTTP_CIVCHAT_NAME_MAX bytes;
- * lower-casing never makes a character longer, so a name that fits after
- * normalization is never cut.
+ * Normalizes a name into buf, which holds NGX_HTTP_CIVCHAT_NAME_MAX bytes:
+ * the limit is on the name as stored, so one sent with padding or long
+ * runs of separators may be longer than that.
  */
 
 static ngx_int_t
@@ -673,7 +673,7 @@ ngx_http_civchat_not_given(json_t *value)
  */
 
 static ngx_int_t
-ngx_http_civchat_string(json_t *value, u_char **p, size_t *len)
+ngx_http_civchat_string_data(json_t *value, u_char **p, size_t *len)
 {
     *p = (u_char *) json_string_value(value);
     *len = json_string_length(value);
@@ -831,7 +831,7 @@ ngx_http_civchat_integer(json_t *value, json_int_t *n)
         return ngx_http_civchat_real_integer(json_real_value(value), n);
 
     case JSON_STRING:
-        if (ngx_http_civchat_string(value, &p, &len) != NGX_OK) {
+        if (ngx_http_civchat_string_data(value, &p, &len) != NGX_OK) {
             return NGX_DECLINED;
         }
 
@@ -1067,7 +1067,7 @@ ngx_http_civchat_enum(json_t *value, const ngx_http_civchat_word_t *words,
     }
 
     if (!json_is_string(value)
-        || ngx_http_civchat_string(value, &p, &len) != NGX_OK)
+        || ngx_http_civchat_string_data(value, &p, &len) != NGX_OK)
     {
         return 0;
     }
@@ -1356,7 +1356,7 @@ ngx_http_civchat_time_value(json_t *value, ngx_uint_t date_only,
         t = json_integer_value(value);
 
     } else if (json_is_string(value)
-               && ngx_http_civchat_string(value, &p, &len) == NGX_OK)
+               && ngx_http_civchat_string_data(value, &p, &len) == NGX_OK)
     {
         ngx_http_civchat_trim(&p, &len);
 
@@ -1408,7 +1408,7 @@ ngx_http_civchat_check_email(json_t *value, u_char *buf, size_t *len,
         return NGX_DECLINED;
     }
 
-    if (ngx_http_civchat_string(value, &p, &n) != NGX_OK) {
+    if (ngx_http_civchat_string_data(value, &p, &n) != NGX_OK) {
         goto invalid;
     }
 
@@ -1501,7 +1501,7 @@ ngx_http_civchat_person_name(ngx_http_civchat_loc_conf_t *lcf, json_t *value,
         return NULL;
     }
 
-    if (ngx_http_civchat_string(value, &p, &len) != NGX_OK) {
+    if (ngx_http_civchat_string_data(value, &p, &len) != NGX_OK) {
         *reason = "invalid_value";
         return NULL;
     }
@@ -1557,7 +1557,7 @@ ngx_http_civchat_std_phone(ngx_http_civchat_loc_conf_t *lcf, json_t *value,
     u_char   buf[NGX_HTTP_CIVCHAT_PHONE_LEN];
 
     if (!json_is_string(value)
-        || ngx_http_civchat_string(value, &p, &len) != NGX_OK)
+        || ngx_http_civchat_string_data(value, &p, &len) != NGX_OK)
     {
         goto invalid;
     }
@@ -1692,7 +1692,7 @@ ngx_http_civchat_scalar_string(ngx_http_civchat_loc_conf_t *lcf,
 
     if (json_is_string(value)) {
 
-        if (ngx_http_civchat_string(value, &p, &len) != NGX_OK) {
+        if (ngx_http_civchat_string_data(value, &p, &len) != NGX_OK) {
             *reason = "invalid_value";
             return NULL;
         }
@@ -1773,7 +1773,7 @@ ngx_http_civchat_to_float(ngx_http_civchat_loc_conf_t *lcf, json_t *value,
         break;
 
     case JSON_STRING:
-        if (ngx_http_civchat_string(value, &p, &len) != NGX_OK
+        if (ngx_http_civchat_string_data(value, &p, &len) != NGX_OK
             || ngx_http_civchat_parse_real(p, len, &d) != NGX_OK)
         {
             goto invalid;
@@ -1820,7 +1820,7 @@ ngx_http_civchat_to_boolean(ngx_http_civchat_loc_conf_t *lcf, json_t *value,
         return json_boolean(n);
 
     case JSON_STRING:
-        if (ngx_http_civchat_string(value, &p, &len) != NGX_OK) {
+        if (ngx_http_civchat_string_data(value, &p, &len) != NGX_OK) {
             goto invalid;
         }
 
@@ -1991,7 +1991,7 @@ ngx_http_civchat_undeclared(ngx_http_civchat_loc_conf_t *lcf, json_t *value,
     switch (json_typeof(value)) {
 
     case JSON_STRING:
-        if (ngx_http_civchat_string(value, &p, &len) != NGX_OK) {
+        if (ngx_http_civchat_string_data(value, &p, &len) != NGX_OK) {
             *reason = "invalid_value";
             return NULL;
         }
@@ -2048,7 +2048,7 @@ ngx_http_civchat_undeclared_array(ngx_http_civchat_loc_conf_t *lcf,
         switch (json_typeof(item)) {
 
         case JSON_STRING:
-            if (ngx_http_civchat_string(item, &p, &len) != NGX_OK) {
+            if (ngx_http_civchat_string_data(item, &p, &len) != NGX_OK) {
                 *reason = "invalid_value";
                 return NULL;
             }
@@ -2113,7 +2113,7 @@ ngx_http_civchat_user_id(ngx_pool_t *pool, json_t *value, ngx_str_t *out,
         break;
 
     case JSON_STRING:
-        if (ngx_http_civchat_string(value, &p, &len) != NGX_OK) {
+        if (ngx_http_civchat_string_data(value, &p, &len) != NGX_OK) {
             *reason = "invalid_value";
             return NGX_DECLINED;
         }

@@ -26,6 +26,7 @@ static u_char *ngx_http_civchat_event_line(u_char *p,
     u_char *id, ngx_time_t *tp);
 static u_char *ngx_http_civchat_json_field(u_char *p, const char *name,
     ngx_str_t *value);
+static size_t ngx_http_civchat_json_len(ngx_str_t *value);
 
 
 ngx_int_t
@@ -128,22 +129,20 @@ ngx_http_civchat_event_size(ngx_http_civchat_ctx_t *ctx,
            + NGX_HTTP_CIVCHAT_EVENT_ID_LEN + NGX_INT64_LEN
            + ngx_strlen(ev->type);
 
-    size += ngx_escape_json(NULL, ctx->site.data, ctx->site.len);
-    size += ngx_escape_json(NULL, ev->name.data, ev->name.len);
-    size += ngx_escape_json(NULL, ctx->user.key.data, ctx->user.key.len);
-    size += ngx_escape_json(NULL, ctx->user.user_id.data,
-                            ctx->user.user_id.len);
-    size += ngx_escape_json(NULL, ctx->user.email.data, ctx->user.email.len);
-    size += ngx_escape_json(NULL, ctx->url.data, ctx->url.len);
-    size += ngx_escape_json(NULL, ctx->referrer.data, ctx->referrer.len);
-    size += ngx_escape_json(NULL, ctx->title.data, ctx->title.len);
-    size += ngx_escape_json(NULL, ctx->ip.data, ctx->ip.len);
-    size += ngx_escape_json(NULL, ctx->country.data, ctx->country.len);
-    size += ngx_escape_json(NULL, ctx->region.data, ctx->region.len);
-    size += ngx_escape_json(NULL, ctx->city.data, ctx->city.len);
-    size += ngx_escape_json(NULL, ctx->user_agent.data,
-                            ctx->user_agent.len);
-    size += ngx_escape_json(NULL, ev->attrs.data, ev->attrs.len);
+    size += ngx_http_civchat_json_len(&ctx->site)
+            + ngx_http_civchat_json_len(&ev->name)
+            + ngx_http_civchat_json_len(&ctx->user.key)
+            + ngx_http_civchat_json_len(&ctx->user.user_id)
+            + ngx_http_civchat_json_len(&ctx->user.email)
+            + ngx_http_civchat_json_len(&ctx->url)
+            + ngx_http_civchat_json_len(&ctx->referrer)
+            + ngx_http_civchat_json_len(&ctx->title)
+            + ngx_http_civchat_json_len(&ctx->ip)
+            + ngx_http_civchat_json_len(&ctx->country)
+            + ngx_http_civchat_json_len(&ctx->region)
+            + ngx_http_civchat_json_len(&ctx->city)
+            + ngx_http_civchat_json_len(&ctx->user_agent)
+            + ngx_http_civchat_json_len(&ev->attrs);
 
     return size;
 }
@@ -185,4 +184,13 @@ ngx_http_civchat_json_field(u_char *p, const char *name, ngx_str_t *value)
     *p++ = '"';
 
     return p;
+}
+
+
+/* ngx_escape_json(NULL, ...) counts only the bytes escaping adds */
+
+static size_t
+ngx_http_civchat_json_len(ngx_str_t *value)
+{
+    return value->len + ngx_escape_json(NULL, value->data, value->len);
 }

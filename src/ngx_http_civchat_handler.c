@@ -524,11 +524,19 @@ ngx_http_civchat_reject(ngx_http_request_t *r, ngx_uint_t status,
 static void
 ngx_http_civchat_body_handler(ngx_http_request_t *r)
 {
+    ngx_int_t                rc;
     ngx_http_civchat_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
 
-    ngx_http_finalize_request(r, ngx_http_civchat_process(r, ctx));
+    rc = ngx_http_civchat_process(r, ctx);
+
+    if (rc == NGX_DONE && ctx->answered) {
+        /* an error answer was sent on the way */
+        rc = ctx->answer_rc;
+    }
+
+    ngx_http_finalize_request(r, rc);
 }
 
 
@@ -1232,16 +1240,18 @@ static ngx_int_t
 ngx_http_civchat_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *fmt, ...)
 {
-    u_char   *buf, *p, detail[512], *last;
-    size_t    len;
-    va_list   args;
+    u_char                  *buf, *p, detail[512], *last;
+    size_t                   len;
+    va_list                  args;
+    ngx_int_t                rc;
+    ngx_http_civchat_ctx_t  *ctx;
 
     va_start(args, fmt);
     last = ngx_vslprintf(detail, detail + sizeof(detail), fmt, args);
     va_end(args);
 
     len = sizeof("{\"error\":\"\",\"detail\":\"\"}\n") + ngx_strlen(code)
-          + ngx_escape_json(NULL, detail, last - detail);
+          + (last - detail) + ngx_escape_json(NULL, detail, last - detail);
 
     buf = ngx_pnalloc(r->pool, len);
     if (buf == NULL) {
@@ -1257,5 +1267,17 @@ ngx_http_civchat_error(ngx_http_request_t *r, ngx_uint_t status,
                       "civchat: %s: %*s", code, last - detail, detail);
     }
 
-    return ngx_http_civchat_send_json(r, status, buf, p - buf);
+    rc = ngx_http_civchat_send_json(r, status, buf, p - buf);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+
+    if (ctx == NULL) {
+        return rc;
+    }
+
+    /* after the body was read: unwind to the body handler */
+    ctx->answered = 1;
+    ctx->answer_rc = rc;
+
+    return NGX_DONE;
 }

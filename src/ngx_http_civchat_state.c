@@ -206,7 +206,9 @@ ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone, u_char *buf,
                        NGX_FILE_DEFAULT_ACCESS);
     if (fd == NGX_INVALID_FILE) {
         ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
-                      ngx_open_file_n " \"%s\" failed", tmp);
+                      "civchat: cannot save the zone, " ngx_open_file_n
+                      " \"%s\" failed (the directory of state= must be "
+                      "writable by the worker processes' user)", tmp);
         ngx_free(tmp);
         return NGX_ERROR;
     }

@@ -56,4 +56,7 @@ else
     make -C "$tree" -f objs/Makefile -j2 modules
 fi
 
-cp "$tree/objs/ngx_http_civchat_module.so" "$build/"
+cp "$tree/objs/ngx_http_civchat_module.so" "$build/.module.tmp"
+
+# renamed, not overwritten: a running nginx keeps its mapping intact
+mv -f "$build/.module.tmp" "$build/ngx_http_civchat_module.so"

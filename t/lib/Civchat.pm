@@ -12,6 +12,7 @@ package Civchat;
 use warnings;
 use strict;
 
+use B ();
 use Cwd qw/abs_path/;
 use Exporter qw/import/;
 use File::Basename qw/dirname/;
@@ -21,11 +22,11 @@ use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw/:sys_wait_h/;
 use Socket qw/SOL_SOCKET SO_REUSEADDR/;
-use Test::More;
+use Test::More ();
 use Time::HiRes qw/sleep time/;
 
 our @EXPORT_OK = qw/json_encode json_decode is_key uniq_id deep_subset
-	ignored_reason events_of/;
+	ignored_reason events_of is_num is_str num str/;
 
 $SIG{PIPE} = 'IGNORE';
 
@@ -61,7 +62,7 @@ sub new {
 	$self->{module} = $ENV{TEST_NGINX_MODULE}
 		// "$REPO/build/ngx_http_civchat_module.so";
 
-	diag("testdir $self->{_testdir}") if $ENV{TEST_NGINX_LEAVE};
+	Test::More::diag("testdir $self->{_testdir}") if $ENV{TEST_NGINX_LEAVE};
 
 	return $self;
 }
@@ -346,7 +347,8 @@ sub worker_pids {
 	}
 	closedir $dh;
 
-	return sort { $a <=> $b } @pids;
+	@pids = sort { $a <=> $b } @pids;
+	return @pids;
 }
 
 sub _signal {
@@ -464,8 +466,8 @@ sub check_log {
 	my ($self) = @_;
 
 	my @bad = $self->log_problems();
-	ok(!@bad, 'error.log: no alert, crit, emerg or crashed worker')
-		or diag(join("\n", @bad[0 .. ($#bad > 20 ? 20 : $#bad)]));
+	Test::More::ok(!@bad, 'error.log: no alert, crit, emerg or crashed worker')
+		or Test::More::diag(join("\n", @bad[0 .. ($#bad > 20 ? 20 : $#bad)]));
 
 	$self->{checked} = 1;
 }
@@ -478,7 +480,7 @@ sub done_testing {
 	$self->check_log();
 
 	if ($ENV{TEST_NGINX_CATLOG}) {
-		diag($self->read_file('error.log') // '');
+		Test::More::diag($self->read_file('error.log') // '');
 	}
 
 	Test::More::done_testing();
@@ -524,7 +526,7 @@ sub request {
 		my $method = $o{method} // 'GET';
 		my $ver = $o{http} // '1.1';
 		my @h = @{$o{headers} // []};
-		my %have = map { lc $h[$_ * 2] => 1 } 0 .. $#h / 2;
+		my %have = map { lc $h[$_ * 2] => 1 } 0 .. int(@h / 2) - 1;
 		my $body = $o{body};
 
 		$raw = "$method $o{path} HTTP/$ver\r\n";
@@ -666,12 +668,8 @@ sub post_json {
 	unshift @h, 'Content-Type' => 'application/json'
 		unless $lc{'content-type'};
 
-	my %o = (method => 'POST', path => $uri, headers => \@h,
+	return $self->request(method => 'POST', path => $uri, headers => \@h,
 		body => $body);
-	$o{chunked} = delete $headers{_chunked} if $headers{_chunked};
-	@h = grep { defined } @h;
-
-	return $self->request(%o);
 }
 
 sub client {
@@ -778,7 +776,7 @@ sub run_cases {
 
 		push @h, Cookie => $c->{cookie} if defined $c->{cookie};
 
-		my %lc = map { lc $h[$_ * 2] => 1 } 0 .. $#h / 2;
+		my %lc = map { lc $h[$_ * 2] => 1 } 0 .. int(@h / 2) - 1;
 		my $body = $c->{body};
 		$body = json_encode($body) if ref $body;
 
@@ -1159,6 +1157,35 @@ sub deep_subset {
 
 	return () if $have eq $want;
 	return ("$path: " . _show($have) . ", want " . _show($want));
+}
+
+# JSON type of a decoded scalar: a number or a string?
+
+sub is_num {
+	my ($v) = @_;
+	return 0 if !defined $v || ref $v;
+	my $flags = B::svref_2object(\$v)->FLAGS;
+	return ($flags & (B::SVp_IOK() | B::SVp_NOK()))
+		&& !($flags & B::SVp_POK()) ? 1 : 0;
+}
+
+sub is_str {
+	my ($v) = @_;
+	return 0 if !defined $v || ref $v;
+	return is_num($v) ? 0 : 1;
+}
+
+# matchers for deep_subset: a JSON number equal to $n, a JSON string
+# equal to $s
+
+sub num {
+	my ($n) = @_;
+	return sub { is_num($_[0]) && abs($_[0] - $n) < 1e-9 };
+}
+
+sub str {
+	my ($s) = @_;
+	return sub { is_str($_[0]) && $_[0] eq $s };
 }
 
 sub _show {
