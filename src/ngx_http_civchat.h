@@ -48,6 +48,16 @@
 typedef struct ngx_http_civchat_zone_s   ngx_http_civchat_zone_t;
 typedef struct ngx_http_civchat_sink_s   ngx_http_civchat_sink_t;
 typedef struct ngx_http_civchat_profile_s  ngx_http_civchat_profile_t;
+typedef struct ngx_http_civchat_geoip_s  ngx_http_civchat_geoip_t;
+
+
+/* what GeoIP knows of the client address */
+typedef struct {
+    ngx_str_t                     country;
+    ngx_str_t                     region;
+    ngx_str_t                     city;
+    ngx_str_t                     timezone;
+} ngx_http_civchat_geo_t;
 
 
 typedef struct {
@@ -96,6 +106,8 @@ typedef struct {
     ngx_uint_t                    changes;   /* bumped on every write */
     ngx_uint_t                    saved;     /* changes at last save */
     ngx_uint_t                    full_logged;
+    ngx_atomic_t                  bots;      /* requests not profiled */
+    ngx_atomic_t                  anonymous; /* GPC / DNT page views */
 } ngx_http_civchat_shctx_t;
 
 
@@ -116,6 +128,7 @@ typedef struct {
     ngx_array_t                  *zones;     /* ngx_http_civchat_zone_t * */
     ngx_array_t                  *sinks;     /* ngx_http_civchat_sink_t * */
     time_t                        loaded;    /* configuration load time */
+    ngx_http_civchat_geoip_t     *geoip;
 
     /* per worker: getrandom() output not used yet */
     size_t                        random_pos;
@@ -137,6 +150,10 @@ typedef struct {
 
     ngx_flag_t                    unified;
     ngx_flag_t                    authorize_by_email;
+
+    ngx_flag_t                    anonymize_ip;
+    ngx_flag_t                    respect_gpc;
+    ngx_flag_t                    bot_filter;
 
     ngx_array_t                  *attrs;          /* attr_decl_t */
     size_t                        body_limit;
@@ -205,9 +222,7 @@ typedef struct {
     ngx_str_t                     user_id;        /* U */
     ngx_str_t                     email;          /* E */
 
-    ngx_str_t                     country;        /* filled by geo */
-    ngx_str_t                     region;
-    ngx_str_t                     city;
+    ngx_http_civchat_geo_t        geo;
 
     ngx_array_t                   ignored;        /* ignored_t */
     ngx_array_t                   events;         /* event_t */
@@ -216,6 +231,10 @@ typedef struct {
     ngx_str_t                     state;          /* widget look asked for */
     ngx_int_t                     answer_rc;      /* of an error answer */
     unsigned                      answered:1;
+    unsigned                      resolved:1;     /* user is filled */
+    unsigned                      geo_done:1;
+    unsigned                      anonymous:1;    /* Sec-GPC or DNT */
+    unsigned                      bot:1;
     unsigned                      created:1;
     unsigned                      changed:1;      /* attributes changed */
 } ngx_http_civchat_ctx_t;
@@ -298,6 +317,22 @@ ngx_int_t ngx_http_civchat_add_event(ngx_http_request_t *r,
     json_t *attrs);
 ngx_int_t ngx_http_civchat_emit_events(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+
+/* geoip.c */
+char *ngx_http_civchat_geoip_conf(ngx_conf_t *cf,
+    ngx_http_civchat_geoip_t **gp, ngx_str_t *args, ngx_uint_t n);
+void ngx_http_civchat_geoip_init_process(ngx_http_civchat_geoip_t *geo,
+    ngx_cycle_t *cycle);
+void ngx_http_civchat_geoip_lookup(ngx_http_request_t *r,
+    ngx_http_civchat_geoip_t *geo, ngx_http_civchat_geo_t *out);
+
+/* privacy.c */
+void ngx_http_civchat_privacy(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+ngx_http_civchat_geo_t *ngx_http_civchat_geo(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+ngx_int_t ngx_http_civchat_is_bot(ngx_str_t *ua);
+ngx_int_t ngx_http_civchat_add_variables(ngx_conf_t *cf);
 
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,

@@ -138,9 +138,9 @@ ngx_http_civchat_event_size(ngx_http_civchat_ctx_t *ctx,
             + ngx_http_civchat_json_len(&ctx->referrer)
             + ngx_http_civchat_json_len(&ctx->title)
             + ngx_http_civchat_json_len(&ctx->ip)
-            + ngx_http_civchat_json_len(&ctx->country)
-            + ngx_http_civchat_json_len(&ctx->region)
-            + ngx_http_civchat_json_len(&ctx->city)
+            + ngx_http_civchat_json_len(&ctx->geo.country)
+            + ngx_http_civchat_json_len(&ctx->geo.region)
+            + ngx_http_civchat_json_len(&ctx->geo.city)
             + ngx_http_civchat_json_len(&ctx->user_agent)
             + ngx_http_civchat_json_len(&ev->attrs);
 
@@ -166,9 +166,9 @@ ngx_http_civchat_event_line(u_char *p, ngx_http_civchat_ctx_t *ctx,
     p = ngx_http_civchat_json_field(p, "referrer", &ctx->referrer);
     p = ngx_http_civchat_json_field(p, "title", &ctx->title);
     p = ngx_http_civchat_json_field(p, "ip", &ctx->ip);
-    p = ngx_http_civchat_json_field(p, "country", &ctx->country);
-    p = ngx_http_civchat_json_field(p, "region", &ctx->region);
-    p = ngx_http_civchat_json_field(p, "city", &ctx->city);
+    p = ngx_http_civchat_json_field(p, "country", &ctx->geo.country);
+    p = ngx_http_civchat_json_field(p, "region", &ctx->geo.region);
+    p = ngx_http_civchat_json_field(p, "city", &ctx->geo.city);
     p = ngx_http_civchat_json_field(p, "user_agent", &ctx->user_agent);
     p = ngx_http_civchat_json_field(p, "attrs", &ev->attrs);
 

@@ -64,6 +64,8 @@ static ngx_int_t ngx_http_civchat_check_product(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs);
 static ngx_int_t ngx_http_civchat_piggyback(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+static ngx_int_t ngx_http_civchat_unprofiled(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t *attrs);
 static ngx_int_t ngx_http_civchat_answer(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static json_t *ngx_http_civchat_user_json(ngx_http_civchat_user_t *u);
@@ -577,6 +579,14 @@ ngx_http_civchat_process(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     }
 
     ngx_http_civchat_context(r, ctx);
+    ngx_http_civchat_privacy(r, ctx);
+
+    if (ctx->anonymous || ctx->bot) {
+        rc = ngx_http_civchat_unprofiled(r, ctx, &name, attrs);
+        json_decref(attrs);
+        return rc;
+    }
+
     ngx_http_civchat_read_key(r, ctx);
 
     if (ngx_http_civchat_resolve(r, ctx) != NGX_OK) {
@@ -1095,6 +1105,88 @@ ngx_http_civchat_piggyback(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     json_decref(data);
 
     return rc;
+}
+
+
+/*
+ * Sec-GPC / DNT (with civchat_respect_gpc) and bots: no cookie, no
+ * profile.  An opted-out visitor's page views and events are still
+ * counted, with no key, address or User-Agent; bots are only counted.
+ */
+
+static ngx_int_t
+ngx_http_civchat_unprofiled(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t *attrs)
+{
+    u_char                    *buf;
+    size_t                     len;
+    ngx_int_t                  rc;
+    const char                *state;
+    ngx_http_civchat_shctx_t  *sh;
+
+    sh = ctx->lcf->zone->sh;
+    rc = NGX_OK;
+
+    if (ctx->bot) {
+        (void) ngx_atomic_fetch_add(&sh->bots, 1);
+
+    } else {
+        ngx_str_null(&ctx->ip);
+        ngx_str_null(&ctx->user_agent);
+
+        switch (ctx->endpoint) {
+
+        case NGX_HTTP_CIVCHAT_INIT:
+        case NGX_HTTP_CIVCHAT_PAGE_HIT:
+            (void) ngx_atomic_fetch_add(&sh->anonymous, 1);
+            rc = ngx_http_civchat_add_event(r, ctx, "page_view", NULL, NULL);
+            break;
+
+        case NGX_HTTP_CIVCHAT_EVENT:
+            rc = ngx_http_civchat_add_event(r, ctx, "event", name, attrs);
+            break;
+
+        case NGX_HTTP_CIVCHAT_PRODUCT_EVENT:
+            rc = ngx_http_civchat_add_event(r, ctx, "product_event", name,
+                                            attrs);
+            break;
+
+        default:
+            break;
+        }
+
+        if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    state = ngx_http_civchat_state_names[ctx->lcf->widget_state];
+
+    buf = ngx_pnalloc(r->pool, sizeof("{\"key\":null,\"user\":null,"
+                                      "\"tracking\":\"anonymous\","
+                                      "\"widget\":{\"state\":\"\","
+                                      "\"greeting\":\"\"}}\n")
+                               + sizeof("expanded")
+                               + ctx->lcf->greeting.len * 6);
+    if (buf == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_sprintf(buf, "{\"key\":null,\"user\":null,\"tracking\":\"%s\"",
+                      ctx->bot ? "bot" : "anonymous") - buf;
+
+    if (ctx->endpoint == NGX_HTTP_CIVCHAT_INIT) {
+        len = ngx_sprintf(buf + len, ",\"widget\":{\"state\":\"%s\","
+                          "\"greeting\":\"", state) - buf;
+        len = (u_char *) ngx_escape_json(buf + len,
+                                         ctx->lcf->greeting.data,
+                                         ctx->lcf->greeting.len) - buf;
+        len = ngx_cpymem(buf + len, "\"}", 2) - buf;
+    }
+
+    len = ngx_cpymem(buf + len, "}\n", 2) - buf;
+
+    return ngx_http_civchat_send_json(r, NGX_HTTP_OK, buf, len);
 }
 
 

@@ -67,6 +67,10 @@ static ngx_int_t ngx_http_civchat_change(ngx_http_request_t *r,
     json_t *value);
 static void ngx_http_civchat_set_automatic(json_t *attrs, const char *name,
     ngx_str_t *value);
+static void ngx_http_civchat_fill_geo(json_t *attrs,
+    ngx_http_civchat_geo_t *geo);
+static void ngx_http_civchat_fill_one(json_t *attrs, const char *name,
+    ngx_str_t *value);
 static void ngx_http_civchat_page_view(ngx_http_civchat_ctx_t *ctx,
     ngx_http_civchat_profile_t *p);
 static ngx_int_t ngx_http_civchat_save_attrs(ngx_http_request_t *r,
@@ -366,6 +370,7 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
                                        &ctx->user_agent);
         ngx_http_civchat_set_automatic(attrs, "browser_language",
                                        &ctx->language);
+        ngx_http_civchat_fill_geo(attrs, &ctx->geo);
     }
 
     if (ngx_http_civchat_save_attrs(r, ctx, p, attrs) != NGX_OK) {
@@ -999,10 +1004,13 @@ ngx_http_civchat_apply_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         return NGX_OK;
     }
 
-    if (ngx_http_civchat_normalize_name(r->pool, rname.data, rname.len,
-                                        &name, &reason)
-        != NGX_OK)
-    {
+    rc = ngx_http_civchat_normalize_name(r->pool, rname.data, rname.len,
+                                         &name, &reason);
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
         return ngx_http_civchat_ignore(r, ctx, raw, rname.len, reason);
     }
 
@@ -1107,6 +1115,28 @@ ngx_http_civchat_set_automatic(json_t *attrs, const char *name,
 
     json_object_set_new(attrs, name,
                         json_stringn((char *) value->data, value->len));
+}
+
+
+/* GeoIP fills the geo attributes the site has not set itself */
+
+static void
+ngx_http_civchat_fill_geo(json_t *attrs, ngx_http_civchat_geo_t *geo)
+{
+    ngx_http_civchat_fill_one(attrs, "country", &geo->country);
+    ngx_http_civchat_fill_one(attrs, "region", &geo->region);
+    ngx_http_civchat_fill_one(attrs, "city", &geo->city);
+    ngx_http_civchat_fill_one(attrs, "timezone", &geo->timezone);
+}
+
+
+static void
+ngx_http_civchat_fill_one(json_t *attrs, const char *name, ngx_str_t *value)
+{
+    if (value->len && json_object_get(attrs, name) == NULL) {
+        json_object_set_new(attrs, name,
+                            json_stringn((char *) value->data, value->len));
+    }
 }
 
 

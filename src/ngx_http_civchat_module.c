@@ -29,6 +29,9 @@ static char *ngx_http_civchat_allow_origin(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_civchat_cookie_domain(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_civchat_geoip(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_civchat_preconf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_civchat_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_civchat_init_process(ngx_cycle_t *cycle);
 static void ngx_http_civchat_exit_process(ngx_cycle_t *cycle);
@@ -52,6 +55,34 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
       ngx_http_civchat_zone,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("civchat_geoip"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_civchat_geoip,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_anonymize_ip"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, anonymize_ip),
+      NULL },
+
+    { ngx_string("civchat_respect_gpc"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, respect_gpc),
+      NULL },
+
+    { ngx_string("civchat_bot_filter"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, bot_filter),
       NULL },
 
     { ngx_string("civchat"),
@@ -199,7 +230,7 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_civchat_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_civchat_preconf,              /* preconfiguration */
     ngx_http_civchat_init,                 /* postconfiguration */
 
     ngx_http_civchat_create_main_conf,     /* create main configuration */
@@ -287,6 +318,9 @@ ngx_http_civchat_create_loc_conf(ngx_conf_t *cf)
     conf->cookie_httponly = NGX_CONF_UNSET;
     conf->unified = NGX_CONF_UNSET;
     conf->authorize_by_email = NGX_CONF_UNSET;
+    conf->anonymize_ip = NGX_CONF_UNSET;
+    conf->respect_gpc = NGX_CONF_UNSET;
+    conf->bot_filter = NGX_CONF_UNSET;
     conf->body_limit = NGX_CONF_UNSET_SIZE;
     conf->max_attrs = NGX_CONF_UNSET_UINT;
     conf->max_value_len = NGX_CONF_UNSET_SIZE;
@@ -326,6 +360,10 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->unified, prev->unified, 0);
     ngx_conf_merge_value(conf->authorize_by_email, prev->authorize_by_email,
                          0);
+
+    ngx_conf_merge_value(conf->anonymize_ip, prev->anonymize_ip, 0);
+    ngx_conf_merge_value(conf->respect_gpc, prev->respect_gpc, 1);
+    ngx_conf_merge_value(conf->bot_filter, prev->bot_filter, 1);
 
     if (conf->attrs == NULL) {
         conf->attrs = prev->attrs;
@@ -723,6 +761,27 @@ ngx_http_civchat_cookie_domain(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+static char *
+ngx_http_civchat_geoip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_main_conf_t *mcf = conf;
+
+    ngx_str_t  *value;
+
+    value = cf->args->elts;
+
+    return ngx_http_civchat_geoip_conf(cf, &mcf->geoip, value + 1,
+                                       cf->args->nelts - 1);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_preconf(ngx_conf_t *cf)
+{
+    return ngx_http_civchat_add_variables(cf);
+}
+
+
 static ngx_int_t
 ngx_http_civchat_init(ngx_conf_t *cf)
 {
@@ -757,6 +816,8 @@ ngx_http_civchat_init_process(ngx_cycle_t *cycle)
 
     /* the random pool was copied at fork: never share it between workers */
     mcf->random_pos = sizeof(mcf->random);
+
+    ngx_http_civchat_geoip_init_process(mcf->geoip, cycle);
 
     /* one worker saves the zones periodically, the master at stop */
     if (ngx_worker == 0) {

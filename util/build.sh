@@ -18,7 +18,7 @@ if [ ! -x "$src/configure" ]; then
     exit 1
 fi
 
-stamp="$src|${CC_OPT:-}|${LD_OPT:-}"
+stamp="$src|${CC_OPT:-}|${LD_OPT:-}|$(cksum < "$top/config")"
 
 if [ ! -f "$tree/objs/Makefile" ] || [ "$(cat "$build/stamp" 2>/dev/null)" != "$stamp" ]
 then
