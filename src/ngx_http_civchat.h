@@ -49,6 +49,19 @@ typedef struct ngx_http_civchat_zone_s   ngx_http_civchat_zone_t;
 typedef struct ngx_http_civchat_sink_s   ngx_http_civchat_sink_t;
 typedef struct ngx_http_civchat_profile_s  ngx_http_civchat_profile_t;
 typedef struct ngx_http_civchat_geoip_s  ngx_http_civchat_geoip_t;
+typedef struct ngx_http_civchat_http_s   ngx_http_civchat_http_t;
+
+
+/* what a worker's HTTP store has done, for the status page */
+typedef struct {
+    ngx_uint_t                    forwarded;  /* events the store took */
+    ngx_uint_t                    batches;
+    ngx_uint_t                    latency_ms; /* sum over batches */
+    ngx_uint_t                    errors;     /* failed attempts */
+    ngx_uint_t                    spooled;    /* events written to spool */
+    ngx_uint_t                    dropped;    /* events dropped when full */
+    ngx_uint_t                    spool_full;
+} ngx_http_civchat_counters_t;
 
 
 /* what GeoIP knows of the client address */
@@ -287,6 +300,26 @@ ngx_int_t ngx_http_civchat_sink_write(ngx_http_civchat_sink_t *sink,
     ngx_log_t *log, u_char *line, size_t len);
 void ngx_http_civchat_sink_flush(ngx_http_civchat_sink_t *sink,
     ngx_log_t *log);
+ngx_int_t ngx_http_civchat_sink_full(ngx_http_civchat_sink_t *sink);
+void ngx_http_civchat_sink_init_process(ngx_http_civchat_sink_t *sink,
+    ngx_cycle_t *cycle);
+void ngx_http_civchat_sink_exit_process(ngx_http_civchat_sink_t *sink,
+    ngx_cycle_t *cycle);
+
+/* http.c */
+ngx_http_civchat_http_t *ngx_http_civchat_http_create(ngx_conf_t *cf,
+    ngx_str_t *args, ngx_uint_t n);
+ngx_str_t *ngx_http_civchat_http_spool_dir(ngx_http_civchat_http_t *h);
+void ngx_http_civchat_http_init_process(ngx_http_civchat_http_t *h,
+    ngx_cycle_t *cycle);
+void ngx_http_civchat_http_exit_process(ngx_http_civchat_http_t *h,
+    ngx_cycle_t *cycle);
+ngx_int_t ngx_http_civchat_http_write(ngx_http_civchat_http_t *h,
+    ngx_log_t *log, u_char *line, size_t len);
+ngx_int_t ngx_http_civchat_http_full(ngx_http_civchat_http_t *h);
+ngx_uint_t ngx_http_civchat_http_drops(ngx_http_civchat_http_t *h);
+ngx_http_civchat_counters_t *ngx_http_civchat_http_counters(
+    ngx_http_civchat_http_t *h);
 
 /* state.c */
 ngx_int_t ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone);

@@ -547,7 +547,7 @@ ngx_http_civchat_process(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 {
     json_t     *attrs;
     ngx_int_t   rc;
-    ngx_str_t   body, name;
+    ngx_str_t   body, name, retry;
 
     rc = ngx_http_civchat_read_body(r, &body);
     if (rc != NGX_OK) {
@@ -576,6 +576,23 @@ ngx_http_civchat_process(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     if (rc != NGX_OK) {
         json_decref(attrs);
         return rc;
+    }
+
+    if (ctx->lcf->sink != NULL && ngx_http_civchat_sink_full(ctx->lcf->sink))
+    {
+        /* back-pressure: nothing is accepted that could not be kept */
+        json_decref(attrs);
+        ngx_str_set(&retry, "5");
+
+        if (ngx_http_civchat_add_header(r, "Retry-After", &retry) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_civchat_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "store_unavailable", "%s",
+                                      "the event store is down and the "
+                                      "spool is full, retry later");
     }
 
     ngx_http_civchat_context(r, ctx);

@@ -100,7 +100,7 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
       NULL },
 
     { ngx_string("civchat_store"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_civchat_store,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -800,6 +800,7 @@ static ngx_int_t
 ngx_http_civchat_init_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                     i;
+    ngx_http_civchat_sink_t      **sinks;
     ngx_http_civchat_zone_t      **zones;
     ngx_http_civchat_main_conf_t  *mcf;
 
@@ -818,6 +819,12 @@ ngx_http_civchat_init_process(ngx_cycle_t *cycle)
     mcf->random_pos = sizeof(mcf->random);
 
     ngx_http_civchat_geoip_init_process(mcf->geoip, cycle);
+
+    sinks = mcf->sinks->elts;
+
+    for (i = 0; i < mcf->sinks->nelts; i++) {
+        ngx_http_civchat_sink_init_process(sinks[i], cycle);
+    }
 
     /* one worker saves the zones periodically, the master at stop */
     if (ngx_worker == 0) {
@@ -847,7 +854,7 @@ ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
     sinks = mcf->sinks->elts;
 
     for (i = 0; i < mcf->sinks->nelts; i++) {
-        ngx_http_civchat_sink_flush(sinks[i], cycle->log);
+        ngx_http_civchat_sink_exit_process(sinks[i], cycle);
     }
 
     if (ngx_process == NGX_PROCESS_SINGLE) {

@@ -21,7 +21,8 @@
 
 
 struct ngx_http_civchat_sink_s {
-    ngx_open_file_t              *file;
+    ngx_http_civchat_http_t      *http;      /* an HTTP store, or */
+    ngx_open_file_t              *file;      /* a file */
     u_char                       *start;
     u_char                       *pos;
     u_char                       *last;
@@ -31,6 +32,8 @@ struct ngx_http_civchat_sink_s {
 };
 
 
+static ngx_http_civchat_sink_t *ngx_http_civchat_sink_http(ngx_conf_t *cf,
+    ngx_http_civchat_main_conf_t *mcf, ngx_str_t *args, ngx_uint_t n);
 static ngx_int_t ngx_http_civchat_sink_params(ngx_conf_t *cf,
     ngx_str_t *args, ngx_uint_t n, ngx_str_t *path, size_t *buffer,
     ngx_msec_t *flush);
@@ -51,6 +54,10 @@ ngx_http_civchat_sink_create(ngx_conf_t *cf,
     ngx_msec_t                 flush;
     ngx_open_file_t           *file;
     ngx_http_civchat_sink_t   *sink, **sinks, **sp;
+
+    if (ngx_strncmp(args[0].data, "http://", 7) == 0) {
+        return ngx_http_civchat_sink_http(cf, mcf, args, n);
+    }
 
     if (ngx_http_civchat_sink_params(cf, args, n, &path, &buffer, &flush)
         != NGX_OK)
@@ -94,6 +101,52 @@ ngx_http_civchat_sink_create(ngx_conf_t *cf,
 
     file->flush = ngx_http_civchat_sink_reopen_flush;
     file->data = sink;
+
+    sp = ngx_array_push(mcf->sinks);
+    if (sp == NULL) {
+        return NULL;
+    }
+
+    *sp = sink;
+
+    return sink;
+}
+
+
+/*
+ * An HTTP store.  Its spool directory is registered as an nginx path,
+ * so the master creates it, owned by the workers' user.
+ */
+
+static ngx_http_civchat_sink_t *
+ngx_http_civchat_sink_http(ngx_conf_t *cf, ngx_http_civchat_main_conf_t *mcf,
+    ngx_str_t *args, ngx_uint_t n)
+{
+    ngx_path_t               *path;
+    ngx_http_civchat_sink_t  *sink, **sp;
+
+    sink = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_sink_t));
+    if (sink == NULL) {
+        return NULL;
+    }
+
+    sink->http = ngx_http_civchat_http_create(cf, args, n);
+    if (sink->http == NULL) {
+        return NULL;
+    }
+
+    path = ngx_pcalloc(cf->pool, sizeof(ngx_path_t));
+    if (path == NULL) {
+        return NULL;
+    }
+
+    path->name = *ngx_http_civchat_http_spool_dir(sink->http);
+    path->conf_file = cf->conf_file->file.name.data;
+    path->line = cf->conf_file->line;
+
+    if (ngx_add_path(cf, &path) != NGX_OK) {
+        return NULL;
+    }
 
     sp = ngx_array_push(mcf->sinks);
     if (sp == NULL) {
@@ -151,13 +204,6 @@ ngx_http_civchat_sink_params(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n,
             continue;
         }
 
-        if (ngx_strncmp(args[i].data, "http://", 7) == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "civchat_store \"%V\": HTTP stores are not "
-                               "supported by this version", &args[i]);
-            return NGX_ERROR;
-        }
-
         goto invalid;
     }
 
@@ -182,6 +228,10 @@ ngx_int_t
 ngx_http_civchat_sink_write(ngx_http_civchat_sink_t *sink, ngx_log_t *log,
     u_char *line, size_t len)
 {
+    if (sink->http) {
+        return ngx_http_civchat_http_write(sink->http, log, line, len);
+    }
+
     if (len > (size_t) (sink->last - sink->pos)) {
         ngx_http_civchat_sink_flush(sink, log);
     }
@@ -199,6 +249,37 @@ ngx_http_civchat_sink_write(ngx_http_civchat_sink_t *sink, ngx_log_t *log,
     }
 
     return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_civchat_sink_full(ngx_http_civchat_sink_t *sink)
+{
+    return sink->http && !ngx_http_civchat_http_drops(sink->http)
+           && ngx_http_civchat_http_full(sink->http);
+}
+
+
+void
+ngx_http_civchat_sink_init_process(ngx_http_civchat_sink_t *sink,
+    ngx_cycle_t *cycle)
+{
+    if (sink->http) {
+        ngx_http_civchat_http_init_process(sink->http, cycle);
+    }
+}
+
+
+void
+ngx_http_civchat_sink_exit_process(ngx_http_civchat_sink_t *sink,
+    ngx_cycle_t *cycle)
+{
+    if (sink->http) {
+        ngx_http_civchat_http_exit_process(sink->http, cycle);
+        return;
+    }
+
+    ngx_http_civchat_sink_flush(sink, cycle->log);
 }
 
 
