@@ -14,8 +14,27 @@ if [ "$(cat "$build/full" 2>/dev/null)" = yes ]; then
     nginx=$build/nginx/objs/nginx
 fi
 
-mkdir -p "$run/logs" "$run/tmp" "$run/html"
+mkdir -p "$run/logs" "$run/tmp" "$run/html" "$run/state"
 cp "$top/demo/index.html" "$run/html/index.html"
+
+# the workers (nobody when started as root) save the zone here
+chmod 0777 "$run/state"
+
+store="civchat_store file=$run/events.ndjson flush=1s;"
+where="$run/events.ndjson   (tail -f it in another terminal)"
+
+if [ "${STORE:-file}" = clickhouse ]; then
+    # a private ClickHouse for the demo, stopped with nginx
+    ch=$run/clickhouse
+    sh "$top/util/clickhouse.sh" start "$ch" 18123 19000
+    trap 'sh "$top/util/clickhouse.sh" stop "$ch"' EXIT INT TERM
+
+    q='INSERT%20INTO%20civchat.events%20FORMAT%20JSONEachRow'
+    store="civchat_store http://127.0.0.1:18123/?query=$q
+                          flush=1s spool=$run/spool;"
+    where="ClickHouse on 127.0.0.1:18123, table civchat.events
+          clickhouse-client --port 19000 -q \"SELECT type, url FROM civchat.events FINAL\""
+fi
 
 cat > "$run/nginx.conf" <<END
 load_module $build/ngx_http_civchat_module.so;
@@ -39,7 +58,7 @@ http {
     uwsgi_temp_path $run/tmp/uwsgi;
     scgi_temp_path $run/tmp/scgi;
 
-    civchat_zone users 16m state=$run/civchat.state;
+    civchat_zone users 16m state=$run/state/civchat.state;
 
     server {
         listen 127.0.0.1:$port;
@@ -48,10 +67,14 @@ http {
             root $run/html;
         }
 
+        location = /favicon.ico {
+            return 204;
+        }
+
         location /civchat/ {
             civchat zone=users;
             civchat_api_key DEMOKEY;
-            civchat_store file=$run/events.ndjson flush=1s;
+            $store
             civchat_unified_identification on;
             civchat_authorize_by_email on;
             civchat_attribute plan fixed;
@@ -61,7 +84,7 @@ http {
 END
 
 echo "civchat demo: http://127.0.0.1:$port/   (Ctrl-C stops nginx)"
-echo "events go to: $run/events.ndjson   (tail -f it in another terminal)"
-echo "profiles are saved in: $run/civchat.state"
+echo "events go to: $where"
+echo "profiles are saved in: $run/state/civchat.state"
 
-exec "$nginx" -p "$run" -c "$run/nginx.conf"
+"$nginx" -p "$run" -c "$run/nginx.conf"
