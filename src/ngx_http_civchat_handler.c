@@ -813,11 +813,9 @@ ngx_http_civchat_api_key(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 static void
 ngx_http_civchat_context(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 {
-    if (ctx->endpoint != NGX_HTTP_CIVCHAT_PRODUCT_EVENT) {
-        ngx_http_civchat_context_field(ctx, "url", &ctx->url);
-        ngx_http_civchat_context_field(ctx, "referrer", &ctx->referrer);
-        ngx_http_civchat_context_field(ctx, "title", &ctx->title);
-    }
+    ngx_http_civchat_context_field(ctx, "url", &ctx->url);
+    ngx_http_civchat_context_field(ctx, "referrer", &ctx->referrer);
+    ngx_http_civchat_context_field(ctx, "title", &ctx->title);
 
     if (ctx->url.len == 0 && r->headers_in.referer) {
         /* an event sent without its page: the page is the Referer */

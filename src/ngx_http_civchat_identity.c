@@ -894,6 +894,11 @@ ngx_http_civchat_claimed(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     json_t     *data;
     ngx_int_t   rc;
 
+    /* the visitor is told the email was not taken */
+    if (ngx_http_civchat_ignore(r, ctx, "email", 5, "conflict") != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     data = json_pack("{s:s%}", "email", (char *) ctx->email.data,
                      ctx->email.len);
     if (data == NULL) {

@@ -21,6 +21,8 @@ static char *ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_civchat_api_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_civchat_store(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_civchat_attribute(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -94,9 +96,9 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
 
     { ngx_string("civchat_api_key"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_conf_set_str_array_slot,
+      ngx_http_civchat_api_key,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_civchat_loc_conf_t, api_keys),
+      0,
       NULL },
 
     { ngx_string("civchat_store"),
@@ -568,6 +570,38 @@ ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     lcf->enable = 1;
     lcf->location = clcf->name;
+
+    return NGX_CONF_OK;
+}
+
+
+/* "civchat_api_key A B;" and repeated directives add up */
+
+static char *
+ngx_http_civchat_api_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_str_t   *value, *key;
+    ngx_uint_t   i;
+
+    if (lcf->api_keys == NGX_CONF_UNSET_PTR) {
+        lcf->api_keys = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+        if (lcf->api_keys == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        key = ngx_array_push(lcf->api_keys);
+        if (key == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *key = value[i];
+    }
 
     return NGX_CONF_OK;
 }
