@@ -52,16 +52,33 @@ typedef struct ngx_http_civchat_geoip_s  ngx_http_civchat_geoip_t;
 typedef struct ngx_http_civchat_http_s   ngx_http_civchat_http_t;
 
 
-/* what a worker's HTTP store has done, for the status page */
+/* what a store has done, shared by the workers (status.c) */
 typedef struct {
-    ngx_uint_t                    forwarded;  /* events the store took */
-    ngx_uint_t                    batches;
-    ngx_uint_t                    latency_ms; /* sum over batches */
-    ngx_uint_t                    errors;     /* failed attempts */
-    ngx_uint_t                    spooled;    /* events written to spool */
-    ngx_uint_t                    dropped;    /* events dropped when full */
-    ngx_uint_t                    spool_full;
+    ngx_atomic_t                  forwarded;  /* events the store took */
+    ngx_atomic_t                  batches;
+    ngx_atomic_t                  latency_ms; /* sum over batches */
+    ngx_atomic_t                  errors;     /* failed attempts */
+    ngx_atomic_t                  spooled;    /* events written to spool */
+    ngx_atomic_t                  dropped;    /* events dropped when full */
+    ngx_atomic_t                  spool_full;
 } ngx_http_civchat_counters_t;
+
+
+#define NGX_HTTP_CIVCHAT_ENDPOINTS     9      /* status.c's names */
+#define NGX_HTTP_CIVCHAT_STATUSES      12
+#define NGX_HTTP_CIVCHAT_EVENT_TYPES   10
+#define NGX_HTTP_CIVCHAT_MAX_STORES    32
+#define NGX_HTTP_CIVCHAT_WIDGET        100
+
+
+typedef struct {
+    ngx_atomic_t                  requests[NGX_HTTP_CIVCHAT_ENDPOINTS]
+                                          [NGX_HTTP_CIVCHAT_STATUSES];
+    ngx_atomic_t                  events[NGX_HTTP_CIVCHAT_EVENT_TYPES];
+    ngx_atomic_t                  bots;
+    ngx_atomic_t                  anonymous;
+    ngx_http_civchat_counters_t   stores[NGX_HTTP_CIVCHAT_MAX_STORES];
+} ngx_http_civchat_stats_t;
 
 
 /* what GeoIP knows of the client address */
@@ -119,8 +136,6 @@ typedef struct {
     ngx_uint_t                    changes;   /* bumped on every write */
     ngx_uint_t                    saved;     /* changes at last save */
     ngx_uint_t                    full_logged;
-    ngx_atomic_t                  bots;      /* requests not profiled */
-    ngx_atomic_t                  anonymous; /* GPC / DNT page views */
 } ngx_http_civchat_shctx_t;
 
 
@@ -142,6 +157,7 @@ typedef struct {
     ngx_array_t                  *sinks;     /* ngx_http_civchat_sink_t * */
     time_t                        loaded;    /* configuration load time */
     ngx_http_civchat_geoip_t     *geoip;
+    ngx_http_civchat_stats_t     *stats;     /* shared counters */
 
     /* per worker: getrandom() output not used yet */
     size_t                        random_pos;
@@ -258,6 +274,8 @@ extern ngx_module_t  ngx_http_civchat_module;
 
 /* handler.c */
 ngx_int_t ngx_http_civchat_handler(ngx_http_request_t *r);
+ngx_uint_t ngx_http_civchat_endpoint(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf);
 
 /* identity.c */
 ngx_int_t ngx_http_civchat_random(ngx_http_request_t *r, u_char *buf,
@@ -301,8 +319,9 @@ ngx_int_t ngx_http_civchat_sink_write(ngx_http_civchat_sink_t *sink,
 void ngx_http_civchat_sink_flush(ngx_http_civchat_sink_t *sink,
     ngx_log_t *log);
 ngx_int_t ngx_http_civchat_sink_full(ngx_http_civchat_sink_t *sink);
+ngx_str_t *ngx_http_civchat_sink_name(ngx_http_civchat_sink_t *sink);
 void ngx_http_civchat_sink_init_process(ngx_http_civchat_sink_t *sink,
-    ngx_cycle_t *cycle);
+    ngx_cycle_t *cycle, ngx_http_civchat_counters_t *counters);
 void ngx_http_civchat_sink_exit_process(ngx_http_civchat_sink_t *sink,
     ngx_cycle_t *cycle);
 
@@ -318,8 +337,9 @@ ngx_int_t ngx_http_civchat_http_write(ngx_http_civchat_http_t *h,
     ngx_log_t *log, u_char *line, size_t len);
 ngx_int_t ngx_http_civchat_http_full(ngx_http_civchat_http_t *h);
 ngx_uint_t ngx_http_civchat_http_drops(ngx_http_civchat_http_t *h);
-ngx_http_civchat_counters_t *ngx_http_civchat_http_counters(
-    ngx_http_civchat_http_t *h);
+void ngx_http_civchat_http_set_counters(ngx_http_civchat_http_t *h,
+    ngx_http_civchat_counters_t *counters);
+ngx_str_t *ngx_http_civchat_http_name(ngx_http_civchat_http_t *h);
 
 /* state.c */
 ngx_int_t ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone);
@@ -366,6 +386,16 @@ ngx_http_civchat_geo_t *ngx_http_civchat_geo(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 ngx_int_t ngx_http_civchat_is_bot(ngx_str_t *ua);
 ngx_int_t ngx_http_civchat_add_variables(ngx_conf_t *cf);
+
+/* status.c */
+ngx_int_t ngx_http_civchat_stats_add(ngx_conf_t *cf,
+    ngx_http_civchat_main_conf_t *mcf);
+ngx_uint_t ngx_http_civchat_event_type(const char *type);
+void ngx_http_civchat_count_event(ngx_http_request_t *r, const char *type);
+ngx_http_civchat_counters_t *ngx_http_civchat_store_counters(
+    ngx_cycle_t *cycle, ngx_uint_t index);
+char *ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,

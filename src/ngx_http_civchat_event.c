@@ -79,11 +79,15 @@ ngx_http_civchat_emit_events(ngx_http_request_t *r,
     ngx_time_t                *tp;
     ngx_http_civchat_event_t  *ev;
 
+    ev = ctx->events.elts;
+
+    for (i = 0; i < ctx->events.nelts; i++) {
+        ngx_http_civchat_count_event(r, ev[i].type);
+    }
+
     if (ctx->lcf->sink == NULL || ctx->events.nelts == 0) {
         return NGX_OK;
     }
-
-    ev = ctx->events.elts;
     size = 0;
 
     for (i = 0; i < ctx->events.nelts; i++) {

@@ -19,7 +19,6 @@
  */
 
 
-#define NGX_HTTP_CIVCHAT_WIDGET          100
 #define NGX_HTTP_CIVCHAT_CONTEXT_MAX     4096
 #define NGX_HTTP_CIVCHAT_UA_MAX          512
 
@@ -30,8 +29,6 @@ typedef struct {
 } ngx_http_civchat_endpoint_t;
 
 
-static ngx_uint_t ngx_http_civchat_endpoint(ngx_http_request_t *r,
-    ngx_http_civchat_loc_conf_t *lcf);
 static ngx_int_t ngx_http_civchat_origin(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *origin);
 static ngx_int_t ngx_http_civchat_preflight(ngx_http_request_t *r,
@@ -208,7 +205,7 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
 }
 
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_civchat_endpoint(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf)
 {
@@ -1133,17 +1130,19 @@ static ngx_int_t
 ngx_http_civchat_unprofiled(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t *attrs)
 {
-    u_char                    *buf;
-    size_t                     len;
-    ngx_int_t                  rc;
-    const char                *state;
-    ngx_http_civchat_shctx_t  *sh;
+    u_char                        *buf;
+    size_t                         len;
+    ngx_int_t                      rc;
+    const char                    *state;
+    ngx_http_civchat_stats_t      *st;
+    ngx_http_civchat_main_conf_t  *mcf;
 
-    sh = ctx->lcf->zone->sh;
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_civchat_module);
+    st = mcf->stats;
     rc = NGX_OK;
 
     if (ctx->bot) {
-        (void) ngx_atomic_fetch_add(&sh->bots, 1);
+        (void) ngx_atomic_fetch_add(&st->bots, 1);
 
     } else {
         ngx_str_null(&ctx->ip);
@@ -1153,7 +1152,7 @@ ngx_http_civchat_unprofiled(ngx_http_request_t *r,
 
         case NGX_HTTP_CIVCHAT_INIT:
         case NGX_HTTP_CIVCHAT_PAGE_HIT:
-            (void) ngx_atomic_fetch_add(&sh->anonymous, 1);
+            (void) ngx_atomic_fetch_add(&st->anonymous, 1);
             rc = ngx_http_civchat_add_event(r, ctx, "page_view", NULL, NULL);
             break;
 

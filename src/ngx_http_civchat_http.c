@@ -93,7 +93,8 @@ struct ngx_http_civchat_http_s {
     size_t                        resp_len;
     u_char                        resp[NGX_HTTP_CIVCHAT_RESP_MAX];
 
-    ngx_http_civchat_counters_t   counters;
+    ngx_http_civchat_counters_t  *counters;  /* shared, see status.c */
+    ngx_http_civchat_counters_t   unshared;
 };
 
 
@@ -151,6 +152,7 @@ ngx_http_civchat_http_create(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n)
     }
 
     h->name = args[0];
+    h->counters = &h->unshared;
     h->batch_events = 1000;
     h->batch_bytes = 1024 * 1024;
     h->flush = 1000;
@@ -398,7 +400,7 @@ ngx_http_civchat_http_write(ngx_http_civchat_http_t *h, ngx_log_t *log,
     u_char *line, size_t len)
 {
     if (h->drop && ngx_http_civchat_http_full(h)) {
-        h->counters.dropped++;
+        (void) ngx_atomic_fetch_add(&h->counters->dropped, 1);
         return NGX_DECLINED;
     }
 
@@ -412,7 +414,7 @@ ngx_http_civchat_http_write(ngx_http_civchat_http_t *h, ngx_log_t *log,
         h->current = ngx_http_civchat_batch_new(h,
                                             ngx_max(h->batch_bytes, len));
         if (h->current == NULL) {
-            h->counters.dropped++;
+            (void) ngx_atomic_fetch_add(&h->counters->dropped, 1);
             return NGX_ERROR;
         }
     }
@@ -976,9 +978,10 @@ ngx_http_civchat_http_done(ngx_http_civchat_http_t *h, ngx_uint_t keepalive)
     h->inflight = NULL;
     c = h->c;
 
-    h->counters.forwarded += b->events;
-    h->counters.batches++;
-    h->counters.latency_ms += ngx_current_msec - h->sent_at;
+    (void) ngx_atomic_fetch_add(&h->counters->forwarded, b->events);
+    (void) ngx_atomic_fetch_add(&h->counters->batches, 1);
+    (void) ngx_atomic_fetch_add(&h->counters->latency_ms,
+                                ngx_current_msec - h->sent_at);
 
     if (b->claimed != NULL) {
         if (ngx_delete_file(b->claimed) == NGX_FILE_ERROR) {
@@ -1035,7 +1038,7 @@ ngx_http_civchat_http_fail(ngx_http_civchat_http_t *h, const char *reason,
 
     b = h->inflight;
     h->inflight = NULL;
-    h->counters.errors++;
+    (void) ngx_atomic_fetch_add(&h->counters->errors, 1);
 
     ngx_http_civchat_http_close(h);
 
@@ -1236,7 +1239,7 @@ ngx_http_civchat_spool_write(ngx_http_civchat_http_t *h,
     }
 
     if (h->spool_bytes + (off_t) b->len > h->spool_limit) {
-        h->counters.spool_full++;
+        (void) ngx_atomic_fetch_add(&h->counters->spool_full, 1);
         return NGX_DECLINED;
     }
 
@@ -1280,7 +1283,7 @@ ngx_http_civchat_spool_write(ngx_http_civchat_http_t *h,
 
     h->spool_bytes += b->len;
     h->spool_pending = 1;
-    h->counters.spooled += b->events;
+    (void) ngx_atomic_fetch_add(&h->counters->spooled, b->events);
 
     return NGX_OK;
 }
@@ -1484,8 +1487,16 @@ ngx_http_civchat_spool_scan(ngx_http_civchat_http_t *h, u_char *oldest)
 }
 
 
-ngx_http_civchat_counters_t *
-ngx_http_civchat_http_counters(ngx_http_civchat_http_t *h)
+void
+ngx_http_civchat_http_set_counters(ngx_http_civchat_http_t *h,
+    ngx_http_civchat_counters_t *counters)
 {
-    return &h->counters;
+    h->counters = counters;
+}
+
+
+ngx_str_t *
+ngx_http_civchat_http_name(ngx_http_civchat_http_t *h)
+{
+    return &h->name;
 }

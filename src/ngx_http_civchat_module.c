@@ -87,6 +87,13 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
       offsetof(ngx_http_civchat_loc_conf_t, bot_filter),
       NULL },
 
+    { ngx_string("civchat_status"),
+      NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_civchat_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("civchat"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_civchat,
@@ -826,7 +833,7 @@ ngx_http_civchat_init(ngx_conf_t *cf)
     /* Last-Modified of widget.js: when this configuration was loaded */
     mcf->loaded = ngx_time();
 
-    return NGX_OK;
+    return ngx_http_civchat_stats_add(cf, mcf);
 }
 
 
@@ -857,7 +864,8 @@ ngx_http_civchat_init_process(ngx_cycle_t *cycle)
     sinks = mcf->sinks->elts;
 
     for (i = 0; i < mcf->sinks->nelts; i++) {
-        ngx_http_civchat_sink_init_process(sinks[i], cycle);
+        ngx_http_civchat_sink_init_process(sinks[i], cycle,
+                                   ngx_http_civchat_store_counters(cycle, i));
     }
 
     /* one worker saves the zones periodically, the master at stop */

@@ -29,6 +29,8 @@ struct ngx_http_civchat_sink_s {
     ngx_msec_t                    flush;
     ngx_event_t                   event;
     ngx_uint_t                    failed;    /* unsigned: 1 */
+    ngx_http_civchat_counters_t  *counters;
+    ngx_http_civchat_counters_t   unshared;  /* before init_process */
 };
 
 
@@ -90,6 +92,7 @@ ngx_http_civchat_sink_create(ngx_conf_t *cf,
     }
 
     sink->file = file;
+    sink->counters = &sink->unshared;
     sink->pos = sink->start;
     sink->last = sink->start + buffer;
     sink->flush = flush;
@@ -232,6 +235,8 @@ ngx_http_civchat_sink_write(ngx_http_civchat_sink_t *sink, ngx_log_t *log,
         return ngx_http_civchat_http_write(sink->http, log, line, len);
     }
 
+    (void) ngx_atomic_fetch_add(&sink->counters->forwarded, 1);
+
     if (len > (size_t) (sink->last - sink->pos)) {
         ngx_http_civchat_sink_flush(sink, log);
     }
@@ -262,11 +267,31 @@ ngx_http_civchat_sink_full(ngx_http_civchat_sink_t *sink)
 
 void
 ngx_http_civchat_sink_init_process(ngx_http_civchat_sink_t *sink,
-    ngx_cycle_t *cycle)
+    ngx_cycle_t *cycle, ngx_http_civchat_counters_t *counters)
 {
     if (sink->http) {
+        if (counters != NULL) {
+            ngx_http_civchat_http_set_counters(sink->http, counters);
+        }
+
         ngx_http_civchat_http_init_process(sink->http, cycle);
+        return;
     }
+
+    if (counters != NULL) {
+        sink->counters = counters;
+    }
+}
+
+
+ngx_str_t *
+ngx_http_civchat_sink_name(ngx_http_civchat_sink_t *sink)
+{
+    if (sink->http) {
+        return ngx_http_civchat_http_name(sink->http);
+    }
+
+    return &sink->file->name;
 }
 
 
@@ -312,6 +337,8 @@ ngx_http_civchat_sink_write_fd(ngx_http_civchat_sink_t *sink, ngx_log_t *log,
         sink->failed = 0;
         return;
     }
+
+    (void) ngx_atomic_fetch_add(&sink->counters->errors, 1);
 
     /* a full disk is logged once per failure run, not once a line */
     if (!sink->failed) {
