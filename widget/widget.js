@@ -1,78 +1,117 @@
 /*
- * civchat widget: the browser side of ngx_http_civchat_module.  Plain ES5,
- * no build step, no dependencies.  The module writes its base URL into BASE.
- * Sections: 1 helpers, 2 transport, 3 launcher UI, 4 API, 5 start-up.
+ * civchat widget.js: the browser side of ngx_http_civchat_module.
+ * Plain ES5, no build step, no dependencies, no eval; text from the
+ * server is only ever set with textContent.  README "The widget" has the
+ * whole contract.  The snippet a site pastes:
+ *
+ *   <script>window.civchat = { apiKey: "SITEKEY" };</script>
+ *   <script src="/civchat/widget.js"></script>
+ *
+ * and, to call userengage() before this script has loaded, the stub
+ * (its calls are replayed in order once init has answered):
+ *
+ *   window.userengage=window.userengage||function(){(userengage.q=userengage.q||[]).push(arguments)};
+ *
+ * Sections: 1 helpers, 2 transport, 3 launcher and panel, 4 API,
+ * 5 start-up.
  */
 (function (window, document) {
     'use strict';
 
-    /* Included twice: the first copy wins. */
-    if (window.__civchat_widget__) {
+    /* Included twice: the first copy wins; after UE.destroy(), a copy
+     * included again (a Turbolinks-style page swap) starts it anew. */
+    var self = window.__civchat_widget__;
+
+    if (self) {
+        if (self.destroyed()) {
+            self.start();
+        }
         return;
     }
-    window.__civchat_widget__ = { version: '0.1.0' };
 
 
     /* 1. state and small helpers ------------------------------------- */
 
+    /* The module writes the absolute endpoint base of its location here,
+     * so a copy inserted by a tag manager, with a query string or with
+     * no document.currentScript still talks to the right place. */
     var BASE = "%%CIVCHAT_BASE%%";
+
     var KEY_ITEM = 'civchat_key';
     var KEY_RE = /^[A-Za-z0-9]{12,32}$/;
     var STATES = { simple: 1, standard: 1, hidden: 1, expanded: 1 };
-    var GREETING = 'Hi! How can we help you?';
-    var WAIT_MS = 10000;        /* longest wait for window.civchat */
-    var WAIT_AFTER_LOAD = 500;  /* ...or this long after window load */
+    var GREETING = 'Hi! How can we help?';
+    var WAIT_MS = 10000;        /* longest wait for window.civchat... */
+    var WAIT_AFTER_LOAD = 1000; /* ...or this long after window load */
 
-    var S = {
-        settled: false,     /* init answered or failed */
-        destroyed: false,
-        hidden: false,      /* page hidden: use sendBeacon */
-        loadFired: false,
-        key: null,          /* if localStorage is blocked */
-        waiting: [],        /* calls made before init answered */
-        queue: [],          /* requests not sent yet */
-        busy: false,        /* a request is in flight */
-        listeners: [],
-        timer: null,
-        ui: null
-    };
+    var S = null;               /* the running instance, see fresh() */
+    var UE;
+    var memKey = null;          /* the key, when localStorage is blocked */
 
-    /* Served raw (not by the module): talk to the directory it came from. */
+    /* Served as a plain file (not by the module): use its directory. */
     if (BASE.charAt(0) === '%') {
-        BASE = document.currentScript && document.currentScript.src ?
-               document.currentScript.src.replace(/[?#].*$/, '')
-                                         .replace(/[^\/]*$/, '') :
-               '/civchat/';
+        BASE = (document.currentScript && document.currentScript.src ||
+                '/civchat/').replace(/[?#].*$/, '').replace(/[^\/]*$/, '');
     }
 
-    var SAME_ORIGIN =
-        BASE.indexOf(location.protocol + '//' + location.host + '/') === 0;
+    /* Cross-origin, the HttpOnly cookie is another site's: the key the
+     * answers give is kept in localStorage and sent as "key", and bodies
+     * go as text/plain, a CORS "simple" request that needs no preflight
+     * (the module reads JSON either way). */
+    var CROSS = /^https?:/.test(BASE) &&
+        BASE.indexOf(location.protocol + '//' + location.host + '/') !== 0;
+    var TYPE = CROSS ? 'text/plain' : 'application/json';
 
-    function logError(msg) {
-        console.error('civchat: ' + msg);
+    function fresh() {
+        return {
+            started: false,     /* init sent */
+            settled: false,     /* init answered, or given up */
+            destroyed: false,
+            unloading: false,   /* pagehide: requests go by sendBeacon */
+            loaded: false,      /* onLoad fired */
+            lastUrl: '',        /* of the last page view, the next referrer */
+            waited: 0,          /* ms spent waiting for window.civchat */
+            sinceLoad: 0,       /* ...of them after window load */
+            waiting: [],        /* API calls made before init answered */
+            queue: [],          /* requests not sent yet, one at a time */
+            busy: false,
+            listeners: [],
+            timer: 0,
+            ui: null
+        };
     }
 
-    function logWarn(msg) {
-        console.warn('civchat: ' + msg);
+    function say(level, msg) {
+        var c = window.console;
+
+        if (c && c[level]) {
+            c[level]('civchat: ' + msg);
+        }
     }
 
     function isFn(v) {
         return typeof v === 'function';
     }
 
+    function isObj(v) {
+        return v !== null && typeof v === 'object';
+    }
+
     function config() {
         var c = window.civchat;
-        return c && typeof c === 'object' ? c : {};
+
+        return isObj(c) ? c : {};
     }
 
     /* A shallow copy of data's own fields; functions never travel. */
-    function fields(data) {
+    function fields(data, skip) {
         var out = {}, k;
 
-        if (data && typeof data === 'object') {
+        if (isObj(data)) {
             for (k in data) {
-                if (Object.prototype.hasOwnProperty.call(data, k)
-                    && data[k] !== undefined && !isFn(data[k]))
+                if (Object.prototype.hasOwnProperty.call(data, k) &&
+                    data[k] !== undefined && !isFn(data[k]) &&
+                    !(skip && skip[k]))
                 {
                     out[k] = data[k];
                 }
@@ -81,34 +120,72 @@
         return out;
     }
 
-    /* The body of a request: data, the apiKey and the page context. */
-    function makeBody(data) {
-        var body = fields(data);
+    function apiKey(data) {
+        return isObj(data) && (data.apiKey || data.api_key || data.app_key) ||
+               config().apiKey;
+    }
 
-        body.apiKey = (data && data.apiKey) || config().apiKey;
-        body.url = location.href;
-        body.referrer = document.referrer;
+    /* data, the apiKey and the page context (url, referrer, title) */
+    function makeBody(data, skip) {
+        var body = fields(data, skip);
+
+        body.apiKey = apiKey(data);
+        delete body.api_key;
+        delete body.app_key;
+        body.url = body.url || location.href;
+        body.referrer = body.referrer || document.referrer;
         body.title = document.title;
         return body;
     }
 
+    /* The civchat object as an init or page_hit body. */
+    var NOT_SENT = { widget: 1 };
+
+    function configBody() {
+        var c = config(),
+            body = makeBody(c, NOT_SENT),
+            w = c.widget;
+
+        if (isObj(w) && STATES[w.state] === 1) {
+            body.state = w.state;   /* civchat.widget.state wins */
+        }
+        return body;
+    }
+
+    function storage() {
+        try {
+            return window.localStorage;
+        } catch (e) {
+            return null;            /* blocked by the browser */
+        }
+    }
+
     function readKey() {
-        var k = null;
+        var ls = storage(), k = null;
 
         try {
-            k = window.localStorage.getItem(KEY_ITEM);
-        } catch (e) { /* storage blocked */ }
-        return k && KEY_RE.test(k) ? k : S.key;
+            k = ls && ls.getItem(KEY_ITEM);
+        } catch (e) { /* blocked */ }
+        return k && KEY_RE.test(k) ? k : memKey;
     }
 
     function saveKey(k) {
-        if (typeof k !== 'string' || !KEY_RE.test(k)) {
-            return;
+        var ls = storage();
+
+        if (CROSS && typeof k === 'string' && KEY_RE.test(k)) {
+            memKey = k;
+            try {
+                ls.setItem(KEY_ITEM, k);
+            } catch (e) { /* blocked or full: memKey serves this page */ }
         }
-        S.key = k;
-        try {
-            window.localStorage.setItem(KEY_ITEM, k);
-        } catch (e) { /* storage blocked: the cookie still works */ }
+    }
+
+    /* A link from a User.com-style e-mail: ?__ca__chat=KEY adopts KEY. */
+    function linkKey() {
+        var m = /[?&]__ca__chat=([A-Za-z0-9]{12,32})(?:[&#]|$)/
+                .exec(location.search);
+
+        return m ? m[1] : null;
     }
 
     /* Run a site callback; a throwing callback never breaks the widget. */
@@ -119,7 +196,7 @@
             try {
                 c[name].call(c, arg);
             } catch (e) {
-                logError(name + ' callback failed: ' + e);
+                say('error', name + ' callback failed: ' + e);
             }
         }
     }
@@ -132,68 +209,80 @@
 
     /* 2. transport --------------------------------------------------- */
 
-    /* One request at a time, in call order: each carries the key the
-     * previous answer gave (a first visit has no cookie yet). */
+    /* One request at a time, in call order: on a first visit the cookie
+     * (or the key) comes with init's answer and every later call needs
+     * it. */
     function request(path, body, done) {
+        var s = S;
+
         if (!body.apiKey) {
-            logError('window.civchat.apiKey is required');
+            say('error', 'apiKey is required: set window.civchat.apiKey ' +
+                         '(nothing was sent)');
             return;
         }
-        if (S.hidden && path !== 'init') {
+        if (s.unloading) {
             beacon(path, body);
             return;
         }
-        S.queue.push({ path: path, body: body, done: done });
-        pump();
+        s.queue.push([path, body, done]);
+        pump(s);
     }
 
-    function pump() {
+    function pump(s) {
         var job;
 
-        if (S.busy || S.queue.length === 0) {
+        if (s.busy || !s.queue.length) {
             return;
         }
-        job = S.queue.shift();
-        S.busy = true;
-        post(job.path, job.body, function (answer) {
-            S.busy = false;
-            if (job.done && !S.destroyed) {
-                job.done(answer);
+        job = s.queue.shift();
+        s.busy = true;
+        post(job[0], job[1], function (data) {
+            s.busy = false;
+            if (!s.destroyed) {
+                if (job[2]) {
+                    job[2](data);
+                }
+                pump(s);
             }
-            pump();
         });
     }
 
-    function serialize(body) {
-        var k = readKey();
+    function encode(path, body) {
+        var k = path === 'init' && linkKey() || CROSS && readKey();
 
         if (k) {
             body.key = k;
         }
-        return JSON.stringify(body);
+        try {
+            return JSON.stringify(body);
+        } catch (e) {
+            say('error', path + ' not sent: ' + e);   /* a cycle */
+            return null;
+        }
     }
 
     function post(path, body, done) {
-        var url = BASE + path, text = serialize(body), called = false;
+        var url = BASE + path, text = encode(path, body), called = false;
 
         function finish(status, answerText) {
-            if (called) {
-                return;
-            }
-            called = true;
-            if (status === 0) {
-                logError('could not reach ' + url);
-                done(null);
-            } else {
+            if (!called) {
+                called = true;
                 answer(path, status, answerText, done);
             }
         }
 
+        if (text === null) {
+            done(null);
+            return;
+        }
+
+        /* keepalive: a request still running when the page goes away is
+         * delivered anyway (the browser allows 64 KB of such bodies) */
         window.fetch(url, {
             method: 'POST',
             credentials: 'include',
-            keepalive: SAME_ORIGIN && text.length < 60000,
-            headers: { 'Content-Type': 'application/json' },
+            keepalive: text.length < 60000,
+            headers: { 'Content-Type': TYPE },
             body: text
         }).then(function (res) {
             return res.text().then(function (t) {
@@ -210,37 +299,48 @@
         try {
             data = JSON.parse(text);
         } catch (e) { /* not JSON */ }
+        data = isObj(data) ? data : {};
 
         if (status < 200 || status > 299) {
-            logError(data && data.detail ? data.detail
-                     : path + ' failed with HTTP ' + status);
+            /* validation errors name the field in the server's detail */
+            say('error', path + ' failed: ' + (status ?
+                (data.detail || 'HTTP ' + status) +
+                (data.error ? ' (' + data.error + ')' : '') :
+                'could not reach ' + BASE + path));
             done(null);
             return;
         }
 
-        data = data && typeof data === 'object' ? data : {};
         saveKey(data.key);
 
         ign = data.ignored;
         for (i = 0; ign && i < ign.length; i++) {
-            if (ign[i]) {
-                logWarn('ignored "' + ign[i].name + '": ' + ign[i].reason);
+            if (isObj(ign[i])) {
+                say('warn', path + ': "' + ign[i].name + '" ignored: ' +
+                            ign[i].reason);
             }
+        }
+
+        if (data.payload !== undefined && data.payload !== null) {
+            fire('onPayloadReceived', data.payload);
         }
         done(data);
     }
 
     /* Fire and forget while the page goes away. */
     function beacon(path, body) {
-        var url = BASE + path, text = serialize(body);
+        var url = BASE + path, text = encode(path, body);
 
+        if (text === null) {
+            return;
+        }
         try {
-            if (navigator.sendBeacon(url,
-                                     new Blob([text], { type: 'text/plain' })))
+            if (navigator.sendBeacon(url, new Blob([text],
+                                                   { type: 'text/plain' })))
             {
                 return;
             }
-        } catch (e) { /* no sendBeacon: keepalive fetch below */ }
+        } catch (e) { /* no sendBeacon: a keepalive fetch below */ }
 
         window.fetch(url, {
             method: 'POST', credentials: 'include', keepalive: true,
@@ -248,28 +348,22 @@
         }).then(null, function () {});
     }
 
-    /* Page hidden: the queue goes by beacon, and so does every request
-     * until the page is back; on unload, calls waiting for init too. */
-    function onHide(unloading) {
-        var jobs = S.queue, i;
+    /* The page goes away (or, hidden, may be killed): what is queued
+     * leaves now by beacon; after pagehide, so does every later call,
+     * and the calls still waiting for init too. */
+    function flush(unloading) {
+        var s = S, jobs = s.queue, i;
 
-        S.hidden = true;
-        S.queue = [];
+        s.queue = [];
         for (i = 0; i < jobs.length; i++) {
-            if (jobs[i].path === 'init') {
-                S.queue.push(jobs[i]);
-            } else {
-                beacon(jobs[i].path, jobs[i].body);
+            beacon(jobs[i][0], jobs[i][1]);
+        }
+        if (unloading) {
+            s.unloading = true;
+            if (!s.settled) {
+                replay();
             }
         }
-        if (unloading && !S.settled && config().apiKey) {
-            replay();
-        }
-    }
-
-    function onShow() {
-        S.hidden = false;
-        pump();
     }
 
 
@@ -281,14 +375,16 @@
         'font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,' +
         'sans-serif;color:#1f2330;text-align:left}' +
         '.off{display:none!important}' +
-        'button{font:inherit;color:inherit;margin:0;cursor:pointer}' +
+        'button,input{font:inherit;color:inherit;margin:0}' +
+        'button{cursor:pointer}' +
         '.l{width:56px;height:56px;border-radius:50%;border:0;padding:0;' +
         'background:#3b5bdb;color:#fff;display:flex;align-items:center;' +
         'justify-content:center;box-shadow:0 4px 14px rgba(20,30,80,.3);' +
         'transition:transform .15s}' +
         '.l:hover{transform:scale(1.06)}' +
-        'button:focus-visible{outline:3px solid #91a7ff;outline-offset:2px}' +
-        '.l svg{width:28px;height:28px;fill:currentColor}' +
+        'button:focus-visible,input:focus-visible{outline:3px solid #91a7ff;' +
+        'outline-offset:2px}' +
+        'svg{width:28px;height:28px;fill:currentColor}' +
         '.g{position:absolute;right:0;bottom:70px;width:max-content;' +
         'max-width:260px;border:0;padding:10px 14px;background:#fff;' +
         'border-radius:14px 14px 4px 14px;text-align:left;' +
@@ -302,13 +398,20 @@
         'padding:14px 16px;background:#3b5bdb;color:#fff;font-weight:600;' +
         'font-size:15px}' +
         '.x{border:0;background:none;padding:2px;line-height:0;color:#fff}' +
-        '.x svg{width:20px;height:20px;fill:currentColor}' +
-        '.b{padding:16px;min-height:140px;max-height:50vh;overflow:auto;' +
-        'background:#f4f6fb}' +
-        '.m{display:inline-block;max-width:85%;padding:10px 13px;' +
-        'background:#fff;border-radius:14px 14px 14px 4px;' +
-        'box-shadow:0 1px 3px rgba(20,30,80,.1);white-space:pre-wrap;' +
-        'overflow-wrap:break-word}' +
+        '.x svg{width:20px;height:20px}' +
+        '.b{display:flex;flex-direction:column;align-items:flex-start;' +
+        'gap:8px;padding:16px;min-height:140px;max-height:50vh;' +
+        'overflow:auto;background:#f4f6fb}' +
+        '.m{max-width:85%;padding:10px 13px;background:#fff;' +
+        'border-radius:14px 14px 14px 4px;white-space:pre-wrap;' +
+        'box-shadow:0 1px 3px rgba(20,30,80,.1);overflow-wrap:break-word}' +
+        '.me{align-self:flex-end;background:#3b5bdb;color:#fff;' +
+        'border-radius:14px 14px 4px 14px}' +
+        '.f{display:flex;gap:8px;padding:10px;border-top:1px solid #e6e9f2}' +
+        '.f input{flex:1;min-width:0;padding:9px 12px;border:1px solid ' +
+        '#d0d5e2;border-radius:10px;background:#fff}' +
+        '.f button{border:0;border-radius:10px;padding:0 14px;' +
+        'background:#3b5bdb;color:#fff;font-weight:600}' +
         '@keyframes in{from{opacity:0;transform:translateY(8px)}}' +
         '@media (prefers-reduced-motion:reduce){.g,.p,.l{animation:none;' +
         'transition:none}}';
@@ -333,6 +436,16 @@
         return e;
     }
 
+    function button(cls, role, label, text) {
+        var b = el('button', cls, role, text);
+
+        b.type = 'button';
+        if (label) {
+            b.setAttribute('aria-label', label);
+        }
+        return b;
+    }
+
     function icon(d) {
         var ns = 'http://www.w3.org/2000/svg',
             svg = document.createElementNS(ns, 'svg'),
@@ -345,21 +458,27 @@
         return svg;
     }
 
-    /* The server's answer decides; civchat.state is the fallback. */
-    function pickState(settings) {
-        var c = config();
+    /* A constructed style sheet: a strict CSP (no 'unsafe-inline' in
+     * style-src) blocks <style> elements, not the CSSOM. */
+    function styles(root) {
+        var sheet;
 
-        if (STATES[settings.state] === 1) {
-            return settings.state;
-        }
-        return STATES[c.state] === 1 ? c.state : 'simple';
+        try {
+            sheet = new window.CSSStyleSheet();
+            sheet.replaceSync(CSS);
+            root.adoptedStyleSheets = [sheet];
+            if (root.adoptedStyleSheets.length) {
+                return;
+            }
+        } catch (e) { /* an older browser */ }
+        root.appendChild(el('style', 0, 0, CSS));
     }
 
     function mount(settings) {
-        var ui, root, greeting, head;
+        var ui, root, head, greeting = settings.greeting;
 
-        if (S.ui || S.destroyed) {
-            return;
+        if (S.ui || S.destroyed || !document.documentElement.attachShadow) {
+            return;             /* no Shadow DOM: tracking only */
         }
         if (!document.body) {
             listen(document, 'DOMContentLoaded', function () {
@@ -368,49 +487,52 @@
             return;
         }
 
-        greeting = typeof settings.greeting === 'string' && settings.greeting
-                   ? settings.greeting : GREETING;
-
-        ui = { host: el('div'), open: false, visible: true, bubble: false };
+        ui = {
+            host: el('div'), open: false, visible: true, bubble: false,
+            greeting: typeof greeting === 'string' && greeting ? greeting
+                                                                : GREETING
+        };
         ui.host.id = 'civchat-root';
-        root = ui.host.attachShadow ? ui.host.attachShadow({ mode: 'open' })
-                                    : ui.host;
+        root = ui.host.attachShadow({ mode: 'open' });
+        styles(root);
 
         ui.wrap = el('div', 'w', 'widget');
         ui.panel = el('div', 'p', 'panel');
         ui.panel.setAttribute('role', 'dialog');
         ui.panel.setAttribute('aria-label', 'Chat');
-        head = el('div', 'h', null, 'Chat with us');
-        ui.close = el('button', 'x', 'close');
-        ui.close.type = 'button';
-        ui.close.setAttribute('aria-label', 'Close chat');
+        head = el('div', 'h', 0, 'Chat with us');
+        ui.close = button('x', 'close', 'Close chat');
         ui.close.appendChild(icon(ICON_CLOSE));
         head.appendChild(ui.close);
         ui.body = el('div', 'b', 'messages');
-        ui.body.appendChild(el('div', 'm', 'message', greeting));
+        ui.body.setAttribute('aria-live', 'polite');
+        ui.form = el('form', 'f', 'form');
+        ui.input = el('input', 0, 'input');
+        ui.input.setAttribute('aria-label', 'Your message');
+        ui.input.placeholder = 'Write a message\u2026';
+        ui.input.maxLength = 1000;
+        ui.form.appendChild(ui.input);
+        ui.form.appendChild(el('button', 0, 'send', 'Send'));
         ui.panel.appendChild(head);
         ui.panel.appendChild(ui.body);
+        ui.panel.appendChild(ui.form);
 
-        ui.greeting = el('button', 'g', 'greeting', greeting);
-        ui.greeting.type = 'button';
-
-        ui.launcher = el('button', 'l', 'launcher');
-        ui.launcher.type = 'button';
+        ui.bubbleEl = button('g', 'greeting', 0, ui.greeting);
+        ui.launcher = button('l', 'launcher');
         ui.iconChat = icon(ICON_CHAT);
         ui.iconClose = icon(ICON_CLOSE);
         ui.launcher.appendChild(ui.iconChat);
         ui.launcher.appendChild(ui.iconClose);
 
         ui.wrap.appendChild(ui.panel);
-        ui.wrap.appendChild(ui.greeting);
+        ui.wrap.appendChild(ui.bubbleEl);
         ui.wrap.appendChild(ui.launcher);
-
-        root.appendChild(el('style', null, null, CSS));
         root.appendChild(ui.wrap);
 
         listen(ui.launcher, 'click', toggle);
-        listen(ui.greeting, 'click', open);
+        listen(ui.bubbleEl, 'click', open);
         listen(ui.close, 'click', close);
+        listen(ui.form, 'submit', send);
         listen(ui.wrap, 'keydown', function (e) {
             if (e.key === 'Escape' || e.keyCode === 27) {
                 close();
@@ -418,7 +540,7 @@
             }
         });
 
-        switch (pickState(settings)) {
+        switch (settings.state) {
         case 'standard':
             ui.bubble = true;
             break;
@@ -435,15 +557,30 @@
         document.body.appendChild(ui.host);
     }
 
+    /* One chat message, rendered as text. */
+    function message(text, mine) {
+        var ui = S.ui;
+
+        ui.body.appendChild(el('div', mine ? 'm me' : 'm', 'message', text));
+        ui.body.scrollTop = ui.body.scrollHeight;
+        fire('onMessage', { content: text, isAdmin: !mine });
+    }
+
     function render() {
         var ui = S.ui;
 
-        ui.wrap.classList.toggle('off', !ui.visible);
+        /* the greeting is the first incoming message, once it shows */
+        if (!ui.greeted && (ui.open || ui.bubble && ui.visible)) {
+            ui.greeted = true;
+            message(ui.greeting, false);
+        }
+        ui.wrap.classList.toggle('off', !ui.visible && !ui.open);
+        ui.launcher.classList.toggle('off', !ui.visible);
         ui.panel.classList.toggle('off', !ui.open);
-        ui.greeting.classList.toggle('off', ui.open || !ui.bubble);
+        ui.bubbleEl.classList.toggle('off', ui.open || !ui.bubble);
         ui.iconChat.classList.toggle('off', ui.open);
         ui.iconClose.classList.toggle('off', !ui.open);
-        ui.launcher.setAttribute('aria-expanded', ui.open ? 'true' : 'false');
+        ui.launcher.setAttribute('aria-expanded', String(ui.open));
         ui.launcher.setAttribute('aria-label', ui.open ? 'Close chat'
                                                        : 'Open chat');
     }
@@ -451,29 +588,22 @@
     function open() {
         var ui = S.ui;
 
-        if (!ui) {
-            return;
-        }
-        ui.visible = true;
-        ui.bubble = false;      /* the greeting has been read */
-        if (ui.open) {
+        if (ui && !ui.open) {
+            ui.open = true;
+            ui.bubble = false;      /* the greeting has been read */
             render();
-            return;
+            fire('onOpen');
         }
-        ui.open = true;
-        render();
-        fire('onOpen');
     }
 
     function close() {
         var ui = S.ui;
 
-        if (!ui || !ui.open) {
-            return;
+        if (ui && ui.open) {
+            ui.open = false;
+            render();
+            fire('onClose');
         }
-        ui.open = false;
-        render();
-        fire('onClose');
     }
 
     function toggle() {
@@ -484,26 +614,34 @@
         }
     }
 
+    /* widget.show / widget.hide: the launcher; hiding closes the panel */
     function show(visible) {
         if (S.ui) {
+            if (!visible) {
+                close();
+            }
             S.ui.visible = visible;
             render();
         }
     }
 
-    function unmount() {
-        var host = S.ui && S.ui.host;
+    /* The module has no live chat yet: a visitor's message is shown and
+     * recorded as the event "chat_message". */
+    function send(e) {
+        var text = S.ui.input.value.replace(/^\s+|\s+$/g, '');
 
-        if (host && host.parentNode) {
-            host.parentNode.removeChild(host);
+        e.preventDefault();
+        if (text) {
+            S.ui.input.value = '';
+            message(text, true);
+            command('event.chat_message', { content: text });
         }
-        S.ui = null;
     }
 
 
     /* 4. the public API ---------------------------------------------- */
 
-    var WIDGET_COMMANDS = {
+    var WIDGET = {
         'widget.show': function () { show(true); },
         'widget.hide': function () { show(false); },
         'widget.open': open,
@@ -511,12 +649,34 @@
         'widget.toggle': toggle
     };
 
+    /* UE.pageHit(data): one page view of location.href (SPAs call it on
+     * every route); data may carry attributes and an "event" object. */
     function pageHit(data) {
-        request('page_hit', makeBody(data));
+        pageView(makeBody(data), isObj(data) && data.referrer);
     }
 
+    /* after a route change, the referrer is the route before it */
+    function pageView(body, own) {
+        if (!own && S.lastUrl && S.lastUrl !== body.url) {
+            body.referrer = S.lastUrl;
+        }
+        S.lastUrl = body.url;
+        request('page_hit', body);
+    }
+
+    /* UE.resetAuth(data): logout; the server makes a new identity and the
+     * panel forgets what was said in it. */
     function resetAuth(data) {
+        var ui = S.ui;
+
         request('reset_auth', makeBody(data));
+        if (ui) {
+            while (ui.body.firstChild) {
+                ui.body.removeChild(ui.body.firstChild);
+            }
+            ui.greeted = false;
+            render();
+        }
     }
 
     function command(name, data) {
@@ -525,31 +685,35 @@
         if (typeof name === 'string' && name.indexOf('event.') === 0) {
             body = makeBody(null);
             body.event = name.slice(6);
-            body.attributes = data && typeof data === 'object' ? data : {};
+            body.attributes = isObj(data) ? fields(data) : {};
             request('event', body);
 
         } else if (name === 'product_event') {
-            request('product_event', makeBody(data));
+            /* no page context: a product's own "url" is an attribute */
+            body = fields(data);
+            body.apiKey = apiKey(data);
+            request('product_event', body);
 
         } else if (name === 'client.update') {
             request('update', makeBody(data));
 
-        } else if (WIDGET_COMMANDS.hasOwnProperty(name)) {
-            WIDGET_COMMANDS[name]();
+        } else if (WIDGET.hasOwnProperty(name)) {
+            WIDGET[name]();
 
         } else {
-            logWarn('unknown command "' + name + '"');
+            say('warn', 'unknown command "' + name + '"');
         }
     }
 
-    /* Public entry points: dead after destroy; before init answered a
-     * call waits (to carry init's key), then runs in call order. */
+    /* Public entry points: dead after destroy; before init has answered a
+     * call waits (it needs init's cookie or key), then runs in order. */
     function api(fn) {
         return function () {
             var args = arguments;
 
             if (S.destroyed) {
-                logWarn('widget destroyed');
+                say('warn', 'the widget was destroyed (UE.destroy), ' +
+                            'call ignored; UE.init() starts it again');
                 return;
             }
             if (!S.settled) {
@@ -568,16 +732,18 @@
             try {
                 calls[i]();
             } catch (e) {
-                logError('queued call failed: ' + e);
+                say('error', 'queued call failed: ' + e);
             }
         }
     }
 
+    /* Removes every node and listener the widget added; UE calls are then
+     * refused until UE.init() (or this script included again). */
     function destroy() {
-        var l;
+        var l, host = S.ui && S.ui.host;
 
         if (S.destroyed) {
-            logWarn('widget destroyed');
+            say('warn', 'the widget is already destroyed');
             return;
         }
         S.destroyed = true;
@@ -586,91 +752,190 @@
         while ((l = S.listeners.pop())) {
             l[0].removeEventListener(l[1], l[2], false);
         }
-        unmount();
+        if (host && host.parentNode) {
+            host.parentNode.removeChild(host);
+        }
+        S.ui = null;
+        S.queue = [];
         S.waiting = [];
     }
 
-    /* Another library may own window.UE already: add to it, never replace. */
-    var UE = window.UE;
+    /* Legacy UE.init(options): options go into window.civchat; starts a
+     * widget that waits for civchat or was destroyed, else re-identifies
+     * like UE.refresh. */
+    function merge(options) {
+        var k;
 
-    if (!UE || (typeof UE !== 'object' && !isFn(UE))) {
-        UE = window.UE = {};
+        if (isObj(options)) {
+            if (!isObj(window.civchat)) {
+                window.civchat = {};
+            }
+            for (k in options) {
+                if (Object.prototype.hasOwnProperty.call(options, k)) {
+                    window.civchat[k] = options[k];
+                }
+            }
+        }
     }
 
-    var stub = window.userengage;
-
-    UE.isReady = false;
-    UE.pageHit = api(pageHit);
-    UE.resetAuth = api(resetAuth);
-    UE.destroy = destroy;      /* acts at once, even before init */
-    window.userengage = api(command);
-
-    /* Calls made through the snippet's stub before this script loaded. */
-    (function () {
-        var q = stub && stub.q, i;
-
-        for (i = 0; q && i < q.length; i++) {
-            window.userengage.apply(null, q[i]);
+    function legacyInit(options) {
+        merge(options);
+        if (S.destroyed) {
+            start();
+        } else if (!S.started) {
+            clearTimeout(S.timer);
+            check(true);
+        } else {
+            refresh();
         }
-    }());
+    }
+
+    /* Legacy UE.refresh(options): merge options into window.civchat and
+     * send all of it as a page view: a civchat changed at run time
+     * (a login, say) reaches the server. */
+    function refresh(options) {
+        if (S.destroyed) {
+            say('warn', 'the widget was destroyed, call UE.init()');
+            return;
+        }
+        merge(options);
+        if (!S.started) {
+            legacyInit();
+            return;
+        }
+        api(function () {
+            pageView(configBody(), config().referrer);
+        })();
+    }
+
+    /* Another library may own window.UE already: add to it, never
+     * replace it. */
+    function expose() {
+        UE = window.UE;
+        if (!isObj(UE) && !isFn(UE)) {
+            UE = window.UE = {};
+        }
+        try {
+            UE.isReady = false;
+            UE.pageHit = api(pageHit);
+            UE.resetAuth = api(resetAuth);
+            UE.destroy = destroy;   /* acts at once, even before init */
+            UE.init = legacyInit;
+            UE.refresh = refresh;
+        } catch (e) {
+            say('error', 'window.UE is read-only: ' + e);
+        }
+    }
+
+    /* the stub's calls, in order; a reference to the stub kept by the
+     * site pushes to userengage.q, which now forwards them */
+    function unstub() {
+        var stub = window.userengage, q = isFn(stub) && stub.q,
+            ue = window.userengage = api(command), i;
+
+        ue.q = { push: function (args) { ue.apply(null, args); } };
+        for (i = 0; q && i < q.length; i++) {
+            ue.apply(null, q[i]);
+        }
+    }
 
 
     /* 5. start-up ---------------------------------------------------- */
 
     function init() {
-        request('init', makeBody(config()), function (data) {
-            S.settled = true;
+        var s = S, body = configBody();
+
+        /* what the browser knows; the site's own values win */
+        function auto(name, value) {
+            if (value && !(name in body)) {
+                body[name] = value;
+            }
+        }
+
+        auto('language', navigator.language);
+        auto('resolution', window.screen && screen.width + 'x' +
+                                            screen.height);
+        try {
+            auto('timezone', Intl.DateTimeFormat().resolvedOptions()
+                                 .timeZone);
+        } catch (e) { /* no Intl */ }
+
+        s.started = true;
+        s.lastUrl = body.url;
+        request('init', body, function (data) {
+            var w = data && isObj(data.widget) ? data.widget : {};
+
+            s.settled = true;
             if (data) {
-                mount(data.widget && typeof data.widget === 'object' ?
-                      data.widget : {});
+                mount({
+                    state: STATES[w.state] === 1 ? w.state :
+                           STATES[body.state] === 1 ? body.state : 'simple',
+                    greeting: w.greeting
+                });
                 UE.isReady = true;
             }
             replay();
-            if (data && !S.loadFired) {
-                S.loadFired = true;
+            if (data && !s.loaded) {
+                s.loaded = true;
                 fire('onLoad');
             }
         });
     }
 
-    /* window.civchat may be defined after this script ran: wait a while. */
-    function start() {
-        var waited = 0, sinceLoad = 0;
+    /* window.civchat may be defined after this script ran: wait a while,
+     * then say once that it is missing and send nothing. */
+    function check(now) {
+        var s = S, c = window.civchat;
 
-        function check() {
-            var c = window.civchat;
-
-            if (S.destroyed) {
-                return;
-            }
-            if (c && typeof c === 'object' && c.apiKey) {
-                init();
-                return;
-            }
-            if (waited >= WAIT_MS || sinceLoad >= WAIT_AFTER_LOAD) {
-                logError('window.civchat.apiKey is required');
-                return;
-            }
-            waited += 100;
-            if (document.readyState === 'complete') {
-                sinceLoad += 100;
-            }
-            S.timer = setTimeout(check, 100);
+        if (s.destroyed || s.started) {
+            return;
         }
+        if (isObj(c) && c.apiKey) {
+            init();
+            return;
+        }
+        if (now !== true) {
+            s.waited += 100;
+            if (document.readyState === 'complete') {
+                s.sinceLoad += 100;
+            }
+        }
+        if (now === true || s.waited >= WAIT_MS ||
+            s.sinceLoad >= WAIT_AFTER_LOAD)
+        {
+            say('error', 'window.civchat.apiKey is required: the widget ' +
+                         'does not start without it (UE.init({apiKey: ' +
+                         '...}) starts it later)');
+            s.settled = true;   /* calls with their own apiKey still go */
+            replay();
+            return;
+        }
+        s.timer = setTimeout(check, 100);
+    }
 
-        listen(window, 'pagehide', function () { onHide(true); });
-        listen(window, 'pageshow', onShow);
+    function start() {
+        S = fresh();
+        UE.isReady = false;
+
+        listen(window, 'pagehide', function () { flush(true); });
+        listen(window, 'pageshow', function () { S.unloading = false; });
         listen(document, 'visibilitychange', function () {
             if (document.visibilityState === 'hidden') {
-                onHide(false);
-            } else {
-                onShow();
+                flush(false);
             }
         });
 
         check();
     }
 
+    window.__civchat_widget__ = {
+        version: '1.0.0',
+        destroyed: function () { return S.destroyed; },
+        start: start
+    };
+
+    expose();
     start();
+    unstub();
 
 }(window, document));
