@@ -1,0 +1,222 @@
+#!/usr/bin/perl
+
+# (C) civchat developers
+
+# The widget SDK (widget.js) in a real browser: headless Debian chromium
+# driven by playwright-core (t/browser/run.js), against nginx with the
+# built module.  This file starts nginx with the test pages of
+# t/browser/pages/ (a second server on another loopback port is the
+# "other site" of the cross-origin case), checks the served script (up to
+# date, its endpoint base written in, under 10 KB gzipped), then runs the
+# browser scenarios, each of which prints one JSON line per check, turned
+# here into ok / not ok.  The demo screenshot is kept in build/browser/.
+#
+# Needs node, /usr/bin/chromium and t/browser/node_modules (make test
+# installs them: util/deps.sh and npm ci); skipped without them.
+# CIVCHAT_BROWSER_ONLY=name,... runs only the scenarios so named.
+
+###############################################################################
+
+use warnings;
+use strict;
+
+use Test::More;
+
+BEGIN { use FindBin; chdir($FindBin::Bin); }
+
+use lib 'lib';
+use Civchat qw/json_decode/;
+
+use File::Find qw/find/;
+use File::Path qw/make_path/;
+use IO::Compress::Gzip qw/gzip $GzipError/;
+use POSIX qw/:sys_wait_h/;
+
+select STDERR; $| = 1;
+select STDOUT; $| = 1;
+
+###############################################################################
+
+my $t = Civchat->new()->need_module();
+my $repo = $t->repo();
+
+my $chromium = $ENV{CIVCHAT_CHROMIUM} // '/usr/bin/chromium';
+my $node = `command -v node 2>/dev/null`;
+chomp $node;
+
+plan(skip_all => 'no node (make deps installs it)') unless $node;
+plan(skip_all => "no chromium at $chromium (make deps installs it)")
+	unless -x $chromium;
+plan(skip_all => 'no t/browser/node_modules/playwright-core '
+	. '(make test runs npm ci)')
+	unless -d "$repo/t/browser/node_modules/playwright-core";
+
+# the pages, with their %%PORT_n%% written in, under TESTDIR/html
+
+my $pages = "$repo/t/browser/pages";
+
+find({ no_chdir => 1, wanted => sub {
+	return unless -f $_;
+	(my $rel = $_) =~ s{^\Q$pages\E/}{};
+	my $dir = $t->testdir() . '/html/' . $rel;
+	$dir =~ s{/[^/]+$}{};
+	make_path($dir);
+	$t->write_file_expand("html/$rel", $t->read_file($_));
+} }, $pages);
+
+$t->config(<<'EOF')->run();
+
+%%TEST_GLOBALS%%
+
+events {
+}
+
+http {
+    %%TEST_GLOBALS_HTTP%%
+
+    include  /etc/nginx/mime.types;
+
+    civchat_zone  users  4m;
+
+    server {
+        listen       127.0.0.1:%%PORT_0%%;
+        server_name  localhost;
+
+        root  %%TESTDIR%%/html;
+
+        location /civchat/ {
+            civchat               zone=users;
+            civchat_api_key       TESTKEY OTHERKEY DEMOKEY;
+            civchat_store         file=%%TESTDIR%%/events.ndjson flush=100ms;
+            civchat_allow_origin  http://localhost:%%PORT_1%%;
+            civchat_attribute     plan  fixed;
+
+            gzip             on;
+            gzip_types       application/javascript;
+            gzip_comp_level  6;
+        }
+
+        location /civchat-g/ {
+            civchat               zone=users;
+            civchat_api_key       TESTKEY;
+            civchat_store         file=%%TESTDIR%%/events.ndjson flush=100ms;
+            civchat_widget_state  standard;
+            civchat_greeting      "<img src=x onerror=window.__xss=1><b>Hi</b> & welcome";
+        }
+
+        location = /csp.html {
+            add_header  Content-Security-Policy  "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; require-trusted-types-for 'script'; trusted-types 'none'";
+        }
+
+        location /demo/ {
+            alias  %%REPO%%/demo/;
+        }
+    }
+
+    server {
+        listen       127.0.0.1:%%PORT_1%%;
+        server_name  localhost;
+
+        root  %%TESTDIR%%/html;
+    }
+}
+
+EOF
+
+###############################################################################
+
+# the served script: the current widget/widget.js with the endpoint base
+# written in once
+
+my $base = 'http://127.0.0.1:' . $t->port(0) . '/civchat/';
+my $src = $t->read_file("$repo/widget/widget.js");
+my $r = $t->get('/civchat/widget.js');
+
+is($r->status, 200, 'widget.js served');
+like($r->header('Content-Type') // '', qr{javascript}, 'widget.js type');
+
+(my $want = $src) =~ s/%%CIVCHAT_BASE%%/$base/;
+ok($r->body eq $want, 'served widget.js is widget/widget.js with the base')
+	or diag('rebuild the module (make): the served script differs');
+
+# the header committed beside widget.js is the one gen-widget.pl makes
+
+my $h = $t->testdir() . '/widget_js.h';
+system('perl', "$repo/util/gen-widget.pl", "$repo/widget/widget.js", $h);
+ok(($t->read_file($h) // 'a') eq
+	($t->read_file("$repo/src/ngx_http_civchat_widget_js.h") // 'b'),
+	'src/ngx_http_civchat_widget_js.h is up to date with widget.js');
+
+# under 10 KB gzipped as served, by nginx's gzip (level 6 here) and by
+# the usual gzip -9 of a CDN or gzip_static
+
+$r = $t->get('/civchat/widget.js', 'Accept-Encoding' => 'gzip');
+is($r->header('Content-Encoding'), 'gzip', 'widget.js gzipped by nginx');
+cmp_ok(length($r->body), '<', 10240, 'widget.js under 10 KB gzipped '
+	. '(nginx gzip_comp_level 6): ' . length($r->body) . ' bytes');
+
+my $served = $want;
+my $z9;
+gzip(\$served => \$z9, -Level => 9, Minimal => 1) or die $GzipError;
+cmp_ok(length($z9), '<', 10240, 'widget.js under 10 KB with gzip -9: '
+	. length($z9) . ' bytes');
+
+###############################################################################
+
+# the browser scenarios
+
+my $shots = "$repo/build/browser";
+make_path($shots);
+
+$ENV{CIVCHAT_ORIGIN} = 'http://127.0.0.1:' . $t->port(0);
+$ENV{CIVCHAT_CROSS} = 'http://localhost:' . $t->port(1);
+$ENV{CIVCHAT_STORE} = $t->testdir() . '/events.ndjson';
+$ENV{CIVCHAT_SHOTS} = $shots;
+$ENV{CIVCHAT_CHROMIUM} = $chromium;
+
+my $timeout = $ENV{CIVCHAT_BROWSER_TIMEOUT} // 300;
+my ($done, $checks) = (0, 0);
+
+my $pid = open(my $fh, '-|', "exec '$node' '$repo/t/browser/run.js' 2>&1")
+	// die "cannot run node: $!\n";
+
+eval {
+	local $SIG{ALRM} = sub { die "timeout\n" };
+	alarm($timeout);
+
+	while (my $line = <$fh>) {
+		chomp $line;
+		my $j = $line =~ /^\{/ ? json_decode($line) : undef;
+
+		if (ref $j ne 'HASH') {
+			diag($line) if length $line;
+			next;
+		}
+
+		if (defined $j->{done}) {
+			$done = $j->{done};
+			next;
+		}
+
+		$checks++;
+		ok($j->{ok}, $j->{name}) or diag($j->{diag} // '');
+	}
+
+	alarm(0);
+};
+
+if ($@) {
+	kill('TERM', $pid);
+	fail("browser scenarios ran in time ($timeout s)");
+}
+
+close $fh;
+my $rc = $? >> 8;
+
+ok($done && $checks == $done, "run.js finished: $checks checks")
+	or diag("run.js exited with $rc");
+ok(-s "$shots/demo-open.png", 'demo screenshot kept in build/browser/');
+
+$t->done_testing();
+
+###############################################################################
