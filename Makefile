@@ -25,8 +25,12 @@ deps:
 run: deps all
 	sh util/run.sh
 
-test: deps all
+test: deps all t/browser/node_modules/.package-lock.json
 	prove -r t/
+
+# playwright-core for the browser tests (t/browser.t), as locked
+t/browser/node_modules/.package-lock.json: t/browser/package-lock.json
+	cd t/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null
 
 clean:
 	rm -rf $(BUILD)

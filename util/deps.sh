@@ -5,7 +5,7 @@
 set -e
 
 packages="build-essential nginx nginx-dev libjansson-dev libmaxminddb-dev
-          libmaxmind-db-writer-perl perl curl"
+          libmaxmind-db-writer-perl perl curl chromium"
 
 missing=
 for p in $packages; do
