@@ -1,25 +1,15 @@
 /*
- * civchat widget.js: the browser side of ngx_http_civchat_module.
- * Plain ES5, no build step, no dependencies, no eval; text from the
- * server is only ever set with textContent.  README "The widget" has the
- * whole contract.  The snippet a site pastes:
- *
- *   <script>window.civchat = { apiKey: "SITEKEY" };</script>
- *   <script src="/civchat/widget.js"></script>
- *
- * and, to call userengage() before this script has loaded, the stub
- * (its calls are replayed in order once init has answered):
+ * civchat widget.js, the browser side of ngx_http_civchat_module: see the
+ * README, "The widget".  ES5, no build step, no dependencies, no eval.
+ * The stub for userengage() calls made before this script has loaded:
  *
  *   window.userengage=window.userengage||function(){(userengage.q=userengage.q||[]).push(arguments)};
- *
- * Sections: 1 helpers, 2 transport, 3 launcher and panel, 4 API,
- * 5 start-up.
  */
 (function (window, document) {
     'use strict';
 
     /* Included twice: the first copy wins; after UE.destroy(), a copy
-     * included again (a Turbolinks-style page swap) starts it anew. */
+     * included again (a Turbolinks-style page swap) restarts it. */
     var self = window.__civchat_widget__;
 
     if (self) {
@@ -32,9 +22,9 @@
 
     /* 1. state and small helpers ------------------------------------- */
 
-    /* The module writes the absolute endpoint base of its location here,
-     * so a copy inserted by a tag manager, with a query string or with
-     * no document.currentScript still talks to the right place. */
+    /* The module writes its location's absolute base here: a copy put in
+     * by a tag manager, with a query string or with no currentScript
+     * still talks to the right place. */
     var BASE = "%%CIVCHAT_BASE%%";
 
     var KEY_ITEM = 'civchat_key';
@@ -44,20 +34,19 @@
     var WAIT_MS = 10000;        /* longest wait for window.civchat... */
     var WAIT_AFTER_LOAD = 1000; /* ...or this long after window load */
 
-    var S = null;               /* the running instance, see fresh() */
+    var S;                      /* the running instance, see fresh() */
     var UE;
-    var memKey = null;          /* the key, when localStorage is blocked */
+    var memKey = null;          /* the key, if localStorage is blocked */
 
-    /* Served as a plain file (not by the module): use its directory. */
+    /* Served as a plain file, not by the module: use its directory. */
     if (BASE.charAt(0) === '%') {
         BASE = (document.currentScript && document.currentScript.src ||
                 '/civchat/').replace(/[?#].*$/, '').replace(/[^\/]*$/, '');
     }
 
-    /* Cross-origin, the HttpOnly cookie is another site's: the key the
-     * answers give is kept in localStorage and sent as "key", and bodies
-     * go as text/plain, a CORS "simple" request that needs no preflight
-     * (the module reads JSON either way). */
+    /* Cross-origin the HttpOnly cookie is another site's: the answers'
+     * key is kept in localStorage and sent as "key"; bodies go as
+     * text/plain, a CORS request with no preflight (still JSON). */
     var CROSS = /^https?:/.test(BASE) &&
         BASE.indexOf(location.protocol + '//' + location.host + '/') !== 0;
     var TYPE = CROSS ? 'text/plain' : 'application/json';
@@ -68,8 +57,7 @@
             settled: false,     /* init answered, or given up */
             destroyed: false,
             unloading: false,   /* pagehide: requests go by sendBeacon */
-            loaded: false,      /* onLoad fired */
-            lastUrl: '',        /* of the last page view, the next referrer */
+            lastUrl: '',        /* of the last page view */
             waited: 0,          /* ms spent waiting for window.civchat */
             sinceLoad: 0,       /* ...of them after window load */
             waiting: [],        /* API calls made before init answered */
@@ -82,10 +70,8 @@
     }
 
     function say(level, msg) {
-        var c = window.console;
-
-        if (c && c[level]) {
-            c[level]('civchat: ' + msg);
+        if (window.console) {
+            console[level]('civchat: ' + msg);
         }
     }
 
@@ -104,14 +90,13 @@
     }
 
     /* A shallow copy of data's own fields; functions never travel. */
-    function fields(data, skip) {
+    function fields(data) {
         var out = {}, k;
 
         if (isObj(data)) {
             for (k in data) {
                 if (Object.prototype.hasOwnProperty.call(data, k) &&
-                    data[k] !== undefined && !isFn(data[k]) &&
-                    !(skip && skip[k]))
+                    data[k] !== undefined && !isFn(data[k]))
                 {
                     out[k] = data[k];
                 }
@@ -126,24 +111,20 @@
     }
 
     /* data, the apiKey and the page context (url, referrer, title) */
-    function makeBody(data, skip) {
-        var body = fields(data, skip);
+    function makeBody(data) {
+        var body = fields(data);
 
         body.apiKey = apiKey(data);
-        delete body.api_key;
-        delete body.app_key;
         body.url = body.url || location.href;
         body.referrer = body.referrer || document.referrer;
         body.title = document.title;
         return body;
     }
 
-    /* The civchat object as an init or page_hit body. */
-    var NOT_SENT = { widget: 1 };
-
+    /* civchat as an init or page_hit body (the server skips "widget") */
     function configBody() {
         var c = config(),
-            body = makeBody(c, NOT_SENT),
+            body = makeBody(c),
             w = c.widget;
 
         if (isObj(w) && STATES[w.state] === 1) {
@@ -152,30 +133,20 @@
         return body;
     }
 
-    function storage() {
-        try {
-            return window.localStorage;
-        } catch (e) {
-            return null;            /* blocked by the browser */
-        }
-    }
-
     function readKey() {
-        var ls = storage(), k = null;
+        var k = null;
 
         try {
-            k = ls && ls.getItem(KEY_ITEM);
-        } catch (e) { /* blocked */ }
-        return k && KEY_RE.test(k) ? k : memKey;
+            k = window.localStorage.getItem(KEY_ITEM);
+        } catch (e) { /* storage blocked */ }
+        return KEY_RE.test(k) ? k : memKey;
     }
 
     function saveKey(k) {
-        var ls = storage();
-
-        if (CROSS && typeof k === 'string' && KEY_RE.test(k)) {
+        if (CROSS && KEY_RE.test(k)) {
             memKey = k;
             try {
-                ls.setItem(KEY_ITEM, k);
+                window.localStorage.setItem(KEY_ITEM, k);
             } catch (e) { /* blocked or full: memKey serves this page */ }
         }
     }
@@ -209,15 +180,13 @@
 
     /* 2. transport --------------------------------------------------- */
 
-    /* One request at a time, in call order: on a first visit the cookie
-     * (or the key) comes with init's answer and every later call needs
-     * it. */
+    /* One request at a time, in call order: on a first visit init's
+     * answer brings the cookie (or key) every later call needs. */
     function request(path, body, done) {
         var s = S;
 
         if (!body.apiKey) {
-            say('error', 'apiKey is required: set window.civchat.apiKey ' +
-                         '(nothing was sent)');
+            say('error', path + ' not sent: apiKey is required');
             return;
         }
         if (s.unloading) {
@@ -276,8 +245,8 @@
             return;
         }
 
-        /* keepalive: a request still running when the page goes away is
-         * delivered anyway (the browser allows 64 KB of such bodies) */
+        /* keepalive: delivered even if the page goes away meanwhile
+         * (browsers allow 64 KB of such bodies in flight) */
         window.fetch(url, {
             method: 'POST',
             credentials: 'include',
@@ -348,9 +317,9 @@
         }).then(null, function () {});
     }
 
-    /* The page goes away (or, hidden, may be killed): what is queued
-     * leaves now by beacon; after pagehide, so does every later call,
-     * and the calls still waiting for init too. */
+    /* Hidden (it may be killed) or unloading: what is queued leaves now
+     * by beacon; after pagehide so do later calls and those waiting for
+     * init. */
     function flush(unloading) {
         var s = S, jobs = s.queue, i;
 
@@ -372,8 +341,8 @@
     var CSS =
         ':host{all:initial!important}' +
         '.w{position:fixed;right:20px;bottom:20px;z-index:2147483000;' +
-        'font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,' +
-        'sans-serif;color:#1f2330;text-align:left}' +
+        'font:14px/1.45 system-ui,sans-serif;color:#1f2330;' +
+        'text-align:left}' +
         '.off{display:none!important}' +
         'button,input{font:inherit;color:inherit;margin:0}' +
         'button{cursor:pointer}' +
@@ -382,18 +351,18 @@
         'justify-content:center;box-shadow:0 4px 14px rgba(20,30,80,.3);' +
         'transition:transform .15s}' +
         '.l:hover{transform:scale(1.06)}' +
-        'button:focus-visible,input:focus-visible{outline:3px solid #91a7ff;' +
-        'outline-offset:2px}' +
+        ':focus-visible{outline:3px solid #91a7ff;outline-offset:2px}' +
         'svg{width:28px;height:28px;fill:currentColor}' +
-        '.g{position:absolute;right:0;bottom:70px;width:max-content;' +
-        'max-width:260px;border:0;padding:10px 14px;background:#fff;' +
-        'border-radius:14px 14px 4px 14px;text-align:left;' +
-        'box-shadow:0 4px 18px rgba(20,30,80,.18);white-space:pre-wrap;' +
-        'overflow-wrap:break-word;animation:in .2s ease-out}' +
-        '.p{position:absolute;right:0;bottom:70px;width:330px;' +
-        'max-width:calc(100vw - 40px);background:#fff;border-radius:16px;' +
-        'overflow:hidden;box-shadow:0 10px 34px rgba(20,30,80,.28);' +
+        '.c{fill:none;stroke:currentColor;stroke-width:2.4;' +
+        'stroke-linecap:round}' +
+        '.g,.p{position:absolute;right:0;bottom:70px;background:#fff;' +
         'animation:in .2s ease-out}' +
+        '.g,.m{white-space:pre-wrap;overflow-wrap:break-word}' +
+        '.g{width:max-content;max-width:260px;border:0;padding:10px 14px;' +
+        'border-radius:14px 14px 4px 14px;text-align:left;' +
+        'box-shadow:0 4px 18px rgba(20,30,80,.18)}' +
+        '.p{width:330px;max-width:calc(100vw - 40px);border-radius:16px;' +
+        'overflow:hidden;box-shadow:0 10px 34px rgba(20,30,80,.28)}' +
         '.h{display:flex;align-items:center;justify-content:space-between;' +
         'padding:14px 16px;background:#3b5bdb;color:#fff;font-weight:600;' +
         'font-size:15px}' +
@@ -403,8 +372,8 @@
         'gap:8px;padding:16px;min-height:140px;max-height:50vh;' +
         'overflow:auto;background:#f4f6fb}' +
         '.m{max-width:85%;padding:10px 13px;background:#fff;' +
-        'border-radius:14px 14px 14px 4px;white-space:pre-wrap;' +
-        'box-shadow:0 1px 3px rgba(20,30,80,.1);overflow-wrap:break-word}' +
+        'border-radius:14px 14px 14px 4px;' +
+        'box-shadow:0 1px 3px rgba(20,30,80,.1)}' +
         '.me{align-self:flex-end;background:#3b5bdb;color:#fff;' +
         'border-radius:14px 14px 4px 14px}' +
         '.f{display:flex;gap:8px;padding:10px;border-top:1px solid #e6e9f2}' +
@@ -418,8 +387,7 @@
 
     var ICON_CHAT = 'M20 2H4a2 2 0 0 0-2 2v18l4-4h14a2 2 0 0 0 2-2V4a2 2 ' +
                     '0 0 0-2-2z';
-    var ICON_CLOSE = 'M19 6.41 17.59 5 12 10.59 6.41 5 5 6.41 10.59 12 5 ' +
-                     '17.59 6.41 19 12 13.41 17.59 19 19 17.59 13.41 12z';
+    var ICON_CLOSE = 'M6 6l12 12M18 6 6 18';     /* stroked: class c */
 
     function el(tag, cls, role, text) {
         var e = document.createElement(tag);
@@ -446,7 +414,7 @@
         return b;
     }
 
-    function icon(d) {
+    function icon(d, cls) {
         var ns = 'http://www.w3.org/2000/svg',
             svg = document.createElementNS(ns, 'svg'),
             path = document.createElementNS(ns, 'path');
@@ -454,12 +422,15 @@
         svg.setAttribute('viewBox', '0 0 24 24');
         svg.setAttribute('aria-hidden', 'true');
         path.setAttribute('d', d);
+        if (cls) {
+            svg.setAttribute('class', cls);
+        }
         svg.appendChild(path);
         return svg;
     }
 
-    /* A constructed style sheet: a strict CSP (no 'unsafe-inline' in
-     * style-src) blocks <style> elements, not the CSSOM. */
+    /* A constructed style sheet: a strict CSP (style-src without
+     * 'unsafe-inline') blocks <style> elements, not the CSSOM. */
     function styles(root) {
         var sheet;
 
@@ -502,7 +473,7 @@
         ui.panel.setAttribute('aria-label', 'Chat');
         head = el('div', 'h', 0, 'Chat with us');
         ui.close = button('x', 'close', 'Close chat');
-        ui.close.appendChild(icon(ICON_CLOSE));
+        ui.close.appendChild(icon(ICON_CLOSE, 'c'));
         head.appendChild(ui.close);
         ui.body = el('div', 'b', 'messages');
         ui.body.setAttribute('aria-live', 'polite');
@@ -520,7 +491,7 @@
         ui.bubbleEl = button('g', 'greeting', 0, ui.greeting);
         ui.launcher = button('l', 'launcher');
         ui.iconChat = icon(ICON_CHAT);
-        ui.iconClose = icon(ICON_CLOSE);
+        ui.iconClose = icon(ICON_CLOSE, 'c');
         ui.launcher.appendChild(ui.iconChat);
         ui.launcher.appendChild(ui.iconClose);
 
@@ -649,8 +620,8 @@
         'widget.toggle': toggle
     };
 
-    /* UE.pageHit(data): one page view of location.href (SPAs call it on
-     * every route); data may carry attributes and an "event" object. */
+    /* UE.pageHit(data): a page view of location.href (SPAs call it on
+     * each route); data may carry attributes and an "event" object. */
     function pageHit(data) {
         pageView(makeBody(data), isObj(data) && data.referrer);
     }
@@ -671,9 +642,7 @@
 
         request('reset_auth', makeBody(data));
         if (ui) {
-            while (ui.body.firstChild) {
-                ui.body.removeChild(ui.body.firstChild);
-            }
+            ui.body.textContent = '';
             ui.greeted = false;
             render();
         }
@@ -688,14 +657,9 @@
             body.attributes = isObj(data) ? fields(data) : {};
             request('event', body);
 
-        } else if (name === 'product_event') {
-            /* no page context: a product's own "url" is an attribute */
-            body = fields(data);
-            body.apiKey = apiKey(data);
-            request('product_event', body);
-
-        } else if (name === 'client.update') {
-            request('update', makeBody(data));
+        } else if (name === 'product_event' || name === 'client.update') {
+            request(name === 'client.update' ? 'update' : name,
+                    makeBody(data));
 
         } else if (WIDGET.hasOwnProperty(name)) {
             WIDGET[name]();
@@ -705,15 +669,14 @@
         }
     }
 
-    /* Public entry points: dead after destroy; before init has answered a
-     * call waits (it needs init's cookie or key), then runs in order. */
+    /* Public entry points: dead after destroy; until init has answered
+     * calls wait (they need its cookie or key), then run in order. */
     function api(fn) {
         return function () {
             var args = arguments;
 
             if (S.destroyed) {
-                say('warn', 'the widget was destroyed (UE.destroy), ' +
-                            'call ignored; UE.init() starts it again');
+                say('warn', 'destroyed: call ignored (UE.init() restarts)');
                 return;
             }
             if (!S.settled) {
@@ -737,13 +700,13 @@
         }
     }
 
-    /* Removes every node and listener the widget added; UE calls are then
+    /* Removes every node and listener the widget added; calls are then
      * refused until UE.init() (or this script included again). */
     function destroy() {
         var l, host = S.ui && S.ui.host;
 
         if (S.destroyed) {
-            say('warn', 'the widget is already destroyed');
+            say('warn', 'already destroyed');
             return;
         }
         S.destroyed = true;
@@ -760,9 +723,8 @@
         S.waiting = [];
     }
 
-    /* Legacy UE.init(options): options go into window.civchat; starts a
-     * widget that waits for civchat or was destroyed, else re-identifies
-     * like UE.refresh. */
+    /* Legacy UE.init(options): merges options into window.civchat and
+     * starts a widget waiting for it or destroyed; else UE.refresh. */
     function merge(options) {
         var k;
 
@@ -790,22 +752,15 @@
         }
     }
 
-    /* Legacy UE.refresh(options): merge options into window.civchat and
-     * send all of it as a page view: a civchat changed at run time
-     * (a login, say) reaches the server. */
+    /* Legacy UE.refresh(options): the same merge, then all of civchat
+     * as a page view: a civchat changed at run time reaches the server. */
     function refresh(options) {
-        if (S.destroyed) {
-            say('warn', 'the widget was destroyed, call UE.init()');
-            return;
-        }
         merge(options);
-        if (!S.started) {
+        if (!S.started && !S.destroyed) {
             legacyInit();
-            return;
+        } else {
+            api(function () { pageView(configBody()); })();
         }
-        api(function () {
-            pageView(configBody(), config().referrer);
-        })();
     }
 
     /* Another library may own window.UE already: add to it, never
@@ -815,20 +770,16 @@
         if (!isObj(UE) && !isFn(UE)) {
             UE = window.UE = {};
         }
-        try {
-            UE.isReady = false;
-            UE.pageHit = api(pageHit);
-            UE.resetAuth = api(resetAuth);
-            UE.destroy = destroy;   /* acts at once, even before init */
-            UE.init = legacyInit;
-            UE.refresh = refresh;
-        } catch (e) {
-            say('error', 'window.UE is read-only: ' + e);
-        }
+        UE.isReady = false;
+        UE.pageHit = api(pageHit);
+        UE.resetAuth = api(resetAuth);
+        UE.destroy = destroy;       /* acts at once, even before init */
+        UE.init = legacyInit;
+        UE.refresh = refresh;
     }
 
-    /* the stub's calls, in order; a reference to the stub kept by the
-     * site pushes to userengage.q, which now forwards them */
+    /* The stub's calls, in order; a reference to the stub the site kept
+     * pushes to userengage.q, which now forwards them. */
     function unstub() {
         var stub = window.userengage, q = isFn(stub) && stub.q,
             ue = window.userengage = api(command), i;
@@ -875,8 +826,7 @@
                 UE.isReady = true;
             }
             replay();
-            if (data && !s.loaded) {
-                s.loaded = true;
+            if (data) {
                 fire('onLoad');
             }
         });
@@ -903,9 +853,7 @@
         if (now === true || s.waited >= WAIT_MS ||
             s.sinceLoad >= WAIT_AFTER_LOAD)
         {
-            say('error', 'window.civchat.apiKey is required: the widget ' +
-                         'does not start without it (UE.init({apiKey: ' +
-                         '...}) starts it later)');
+            say('error', 'window.civchat.apiKey is required: not started');
             s.settled = true;   /* calls with their own apiKey still go */
             replay();
             return;
