@@ -29,8 +29,6 @@ use Civchat qw/json_decode/;
 
 use File::Find qw/find/;
 use File::Path qw/make_path/;
-use IO::Compress::Gzip qw/gzip $GzipError/;
-use POSIX qw/:sys_wait_h/;
 
 select STDERR; $| = 1;
 select STDOUT; $| = 1;
@@ -91,9 +89,8 @@ http {
             civchat_allow_origin  http://localhost:%%PORT_1%%;
             civchat_attribute     plan  fixed;
 
-            gzip             on;
-            gzip_types       application/javascript;
-            gzip_comp_level  6;
+            gzip        on;
+            gzip_types  application/javascript;
         }
 
         location /civchat-g/ {
@@ -147,19 +144,13 @@ ok(($t->read_file($h) // 'a') eq
 	($t->read_file("$repo/src/ngx_http_civchat_widget_js.h") // 'b'),
 	'src/ngx_http_civchat_widget_js.h is up to date with widget.js');
 
-# under 10 KB gzipped as served, by nginx's gzip (level 6 here) and by
-# the usual gzip -9 of a CDN or gzip_static
+# under 10 KB gzipped as served, by nginx's gzip at its default (and
+# lowest) gzip_comp_level 1
 
 $r = $t->get('/civchat/widget.js', 'Accept-Encoding' => 'gzip');
 is($r->header('Content-Encoding'), 'gzip', 'widget.js gzipped by nginx');
-cmp_ok(length($r->body), '<', 10240, 'widget.js under 10 KB gzipped '
-	. '(nginx gzip_comp_level 6): ' . length($r->body) . ' bytes');
-
-my $served = $want;
-my $z9;
-gzip(\$served => \$z9, -Level => 9, Minimal => 1) or die $GzipError;
-cmp_ok(length($z9), '<', 10240, 'widget.js under 10 KB with gzip -9: '
-	. length($z9) . ' bytes');
+cmp_ok(length($r->body), '<', 10240, 'widget.js under 10 KB gzipped as '
+	. 'served (gzip_comp_level 1): ' . length($r->body) . ' bytes');
 
 ###############################################################################
 
@@ -175,7 +166,7 @@ $ENV{CIVCHAT_SHOTS} = $shots;
 $ENV{CIVCHAT_CHROMIUM} = $chromium;
 
 my $timeout = $ENV{CIVCHAT_BROWSER_TIMEOUT} // 300;
-my ($done, $checks) = (0, 0);
+my ($done, $checks) = (undef, 0);
 
 my $pid = open(my $fh, '-|', "exec '$node' '$repo/t/browser/run.js' 2>&1")
 	// die "cannot run node: $!\n";
@@ -213,7 +204,7 @@ if ($@) {
 close $fh;
 my $rc = $? >> 8;
 
-ok($done && $checks == $done, "run.js finished: $checks checks")
+ok(defined $done && $checks == $done, "run.js finished: $checks checks")
 	or diag("run.js exited with $rc");
 ok(-s "$shots/demo-open.png", 'demo screenshot kept in build/browser/');
 
