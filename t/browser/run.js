@@ -356,6 +356,30 @@ scenario('user_id and email identification', async (T) => {
     }
 });
 
+scenario('e-mail link key', async (T) => {
+    /* User.com's e-mail links append ?__ca__chat=KEY: a browser without
+     * the cookie adopts KEY, the profile of the recipient */
+    const uid = 'mail-' + T.tag;
+    let p = await T.open('/basic.html?s=' + T.tag + '&user_id=' + uid);
+    await p.loaded();
+    const key = (await p.answer('init')).json.key;
+
+    const other = await T.ctx.browser().newContext();
+    try {
+        const q = new Page(other, await other.newPage());
+        await q.page.goto(ORIGIN + '/basic.html?s=' + T.tag +
+                          '&__ca__chat=' + key);
+        await q.loaded();
+        const a = (await q.answer('init')).json;
+        T.is(q.calls('init')[0].body.key, key, 'init sends the key');
+        T.ok(a.key === key && a.user.user_id === uid,
+             'the other browser is now that profile', show(a));
+        T.is((await q.cookie() || {}).value, key, 'and has its cookie');
+    } finally {
+        await other.close();
+    }
+});
+
 scenario('resetAuth', async (T) => {
     const uid = 'logout-' + T.tag;
     let p = await T.open('/basic.html?s=' + T.tag + '&user_id=' + uid);
@@ -505,6 +529,7 @@ scenario('states', async (T) => {
         T.is(show(await looks(p)), show(LOOKS[state]), state + ': looks');
         T.is(await p.page.locator('#civchat-root').count(), 1,
              state + ': one host element');
+        T.is(await p.count('onOpen'), 0, state + ': no onOpen at start');
         await p.page.close();
     }
 
@@ -748,6 +773,21 @@ scenario('script included twice', async (T) => {
     T.is(await p.page.locator('#civchat-root').count(), 1, 'one widget');
     T.is(p.calls('init').length, 1, 'one init');
     T.is(await p.count('onLoad'), 1, 'onLoad exactly once');
+});
+
+scenario('snippet in head', async (T) => {
+    await T.ctx.route('**/slow.js', async (route) => {
+        await sleep(800);
+        await route.fulfill({ contentType: 'text/javascript', body: '' });
+    });
+    const p = await T.open('/head.html?s=' + T.tag);
+    T.ok(await p.loaded(), 'initialises');
+    T.is(await p.eval(() => window.__bodyAtLoad), false,
+         'init answered before there was a body');
+    T.ok(await p.visible('launcher') && await p.eval(() =>
+        document.getElementById('civchat-root').parentNode === document.body),
+         'the launcher shows, in the body');
+    T.is(await p.page.locator('#civchat-root').count(), 1, 'once');
 });
 
 scenario('inserted after load', async (T) => {
