@@ -151,6 +151,13 @@
         }
     }
 
+    function forgetKey() {
+        memKey = null;
+        try {
+            window.localStorage.removeItem(KEY_ITEM);
+        } catch (e) { /* blocked */ }
+    }
+
     /* A link from a User.com-style e-mail: ?__ca__chat=KEY adopts KEY. */
     function linkKey() {
         var m = /[?&]__ca__chat=([A-Za-z0-9]{12,32})(?:[&#]|$)/
@@ -222,6 +229,9 @@
         if (k) {
             body.key = k;
         }
+        if (path === 'reset_auth') {
+            forgetKey();    /* a lost answer must not bring it back */
+        }
         try {
             return JSON.stringify(body);
         } catch (e) {
@@ -231,27 +241,35 @@
     }
 
     function post(path, body, done) {
-        var url = BASE + path, text = encode(path, body), called = false;
-
-        function finish(status, answerText) {
-            if (!called) {
-                called = true;
-                answer(path, status, answerText, done);
-            }
-        }
+        var text = encode(path, body);
 
         if (text === null) {
             done(null);
             return;
         }
+        transmit(BASE + path, text, TYPE, function (status, answerText) {
+            answer(path, status, answerText, done);
+        });
+    }
 
-        /* keepalive: delivered even if the page goes away meanwhile
-         * (browsers allow 64 KB of such bodies in flight) */
+    /* POSTs text, then done(status, answer), status 0 if unreachable.
+     * keepalive: delivered even if the page goes away meanwhile (64 KB of
+     * such bodies may be in flight). */
+    function transmit(url, text, type, done) {
+        var called = false;
+
+        function finish(status, answerText) {
+            if (!called) {
+                called = true;
+                done(status, answerText);
+            }
+        }
+
         window.fetch(url, {
             method: 'POST',
             credentials: 'include',
             keepalive: text.length < 60000,
-            headers: { 'Content-Type': TYPE },
+            headers: { 'Content-Type': type },
             body: text
         }).then(function (res) {
             return res.text().then(function (t) {
@@ -309,12 +327,8 @@
             {
                 return;
             }
-        } catch (e) { /* no sendBeacon: a keepalive fetch below */ }
-
-        window.fetch(url, {
-            method: 'POST', credentials: 'include', keepalive: true,
-            headers: { 'Content-Type': 'text/plain' }, body: text
-        }).then(null, function () {});
+        } catch (e) { /* no sendBeacon */ }
+        transmit(url, text, 'text/plain', function () {});
     }
 
     /* Hidden (it may be killed) or unloading: what is queued leaves now
