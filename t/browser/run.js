@@ -909,9 +909,23 @@ scenario('cross-origin', async (T) => {
     T.ok(r.key && r.key !== key && await p.eval(() =>
         localStorage.getItem('civchat_key')) === r.key,
          'resetAuth replaces the stored key', show(r));
-    T.is(p.said('error').length + p.console.filter((m) =>
-        /CORS|Access-Control/.test(m.text)).length, 0,
-         'no console error', show(p.console));
+
+    /* a resetAuth whose answer is lost never brings the old key back */
+    await p.page.route('**/civchat/reset_auth', (route) => route.abort());
+    await p.eval(() => UE.resetAuth({}));
+    T.ok(await until(() => p.said('error').some((m) =>
+        /reset_auth failed: could not reach/.test(m))),
+         'a lost reset_auth answer is a console error');
+    T.is(await p.eval(() => localStorage.getItem('civchat_key')), null,
+         'and the stored key is gone');
+    await p.page.unroute('**/civchat/reset_auth');
+    await p.ue('event.after_lost_reset');
+    await p.answer('event', 2);
+    T.ok(!('key' in p.calls('event')[1].body), 'later calls send no key');
+    const errors = p.said('error').length;
+    T.is(errors + p.console.filter((m) =>
+        /CORS|Access-Control/.test(m.text)).length, 1,
+         'no other console error', show(p.console));
 });
 
 scenario('strict CSP', async (T) => {
