@@ -21,12 +21,25 @@
  * file, opens the copy and unlinks it at once.  The mapping then belongs
  * to this process alone and nothing can change it.
  *
- * Each worker checks the file's identity (inode, size, mtime) on a
- * cancelable timer and loads a new copy once the file has stopped
- * changing for one interval, so a half-written file is never loaded;
- * a file that does not open is logged and the old database kept.
- * Requests only ever read the mapping: no request waits on file I/O.
+ * Each worker checks the file's identity (inode, size, modification and
+ * change times to the nanosecond) on a cancelable timer and copies a new
+ * version once it has stopped changing for one interval, a megabyte per
+ * turn of the event loop so that requests are served in between; a
+ * file that changed during the copy is copied again, one that does not
+ * open is logged and the old database kept.  Requests only ever read
+ * the mapping.
  */
+
+
+/* what tells one version of the database file from another */
+typedef struct {
+    ngx_file_uniq_t               uniq;
+    off_t                         size;
+    time_t                        mtime;
+    long                          mtime_ns;
+    time_t                        ctime;
+    long                          ctime_ns;
+} ngx_http_civchat_file_id_t;
 
 
 struct ngx_http_civchat_geoip_s {
@@ -34,23 +47,34 @@ struct ngx_http_civchat_geoip_s {
     MMDB_s                       *mmdb;
     ngx_msec_t                    interval;
     ngx_event_t                   timer;
-    ngx_log_t                    *log;
 
-    ngx_file_uniq_t               uniq;       /* of the loaded file */
-    off_t                         size;
-    time_t                        mtime;
+    ngx_http_civchat_file_id_t    loaded;    /* the version in use */
+    ngx_http_civchat_file_id_t    seen;      /* at the previous check */
+    ngx_uint_t                    failed;    /* unsigned: 1 */
 
-    ngx_file_uniq_t               seen_uniq;  /* at the previous check */
-    off_t                         seen_size;
-    time_t                        seen_mtime;
-    ngx_uint_t                    failed;     /* unsigned: 1 */
+    /* a copy in progress, a slice per event loop turn */
+    ngx_fd_t                      copy_in;
+    ngx_fd_t                      copy_out;
+    ngx_http_civchat_file_id_t    copy_id;
+    u_char                        copy_tmp[NGX_MAX_PATH];
 };
 
 
+static void ngx_http_civchat_geoip_id(ngx_file_info_t *fi,
+    ngx_http_civchat_file_id_t *id);
 static MMDB_s *ngx_http_civchat_geoip_open(ngx_str_t *path, ngx_log_t *log,
     ngx_uint_t level);
-static ngx_int_t ngx_http_civchat_geoip_copy(ngx_str_t *path, u_char *tmp,
+static MMDB_s *ngx_http_civchat_geoip_map(ngx_str_t *path, u_char *tmp,
     ngx_log_t *log, ngx_uint_t level);
+static ngx_int_t ngx_http_civchat_geoip_start_copy(ngx_str_t *path,
+    u_char *tmp, ngx_fd_t *in, ngx_fd_t *out, ngx_log_t *log,
+    ngx_uint_t level);
+static ngx_int_t ngx_http_civchat_geoip_copy_slice(ngx_fd_t in, ngx_fd_t out,
+    size_t max);
+static void ngx_http_civchat_geoip_step(ngx_http_civchat_geoip_t *geo,
+    ngx_log_t *log);
+static void ngx_http_civchat_geoip_finish(ngx_http_civchat_geoip_t *geo,
+    ngx_log_t *log);
 static void ngx_http_civchat_geoip_cleanup(void *data);
 static void ngx_http_civchat_geoip_close(MMDB_s *mmdb);
 static void ngx_http_civchat_geoip_check(ngx_event_t *ev);
@@ -133,12 +157,10 @@ ngx_http_civchat_geoip_conf(ngx_conf_t *cf, ngx_http_civchat_geoip_t **gp,
     cln->handler = ngx_http_civchat_geoip_cleanup;
     cln->data = geo;
 
-    geo->uniq = ngx_file_uniq(&fi);
-    geo->size = ngx_file_size(&fi);
-    geo->mtime = ngx_file_mtime(&fi);
-    geo->seen_uniq = geo->uniq;
-    geo->seen_size = geo->size;
-    geo->seen_mtime = geo->mtime;
+    ngx_http_civchat_geoip_id(&fi, &geo->loaded);
+    geo->seen = geo->loaded;
+    geo->copy_in = NGX_INVALID_FILE;
+    geo->copy_out = NGX_INVALID_FILE;
 
     *gp = geo;
 
@@ -153,17 +175,64 @@ invalid:
 }
 
 
+static void
+ngx_http_civchat_geoip_id(ngx_file_info_t *fi, ngx_http_civchat_file_id_t *id)
+{
+    ngx_memzero(id, sizeof(ngx_http_civchat_file_id_t));
+
+    /* nanoseconds: a rewrite within one second is still a change */
+    id->uniq = ngx_file_uniq(fi);
+    id->size = ngx_file_size(fi);
+    id->mtime = fi->st_mtim.tv_sec;
+    id->mtime_ns = fi->st_mtim.tv_nsec;
+    id->ctime = fi->st_ctim.tv_sec;
+    id->ctime_ns = fi->st_ctim.tv_nsec;
+}
+
+
+/* at configuration time: the whole copy at once */
+
 static MMDB_s *
 ngx_http_civchat_geoip_open(ngx_str_t *path, ngx_log_t *log,
     ngx_uint_t level)
 {
-    int        rc;
     u_char     tmp[NGX_MAX_PATH];
-    MMDB_s    *mmdb;
+    ngx_fd_t   in, out;
+    ngx_int_t  rc;
 
-    if (ngx_http_civchat_geoip_copy(path, tmp, log, level) != NGX_OK) {
+    if (ngx_http_civchat_geoip_start_copy(path, tmp, &in, &out, log, level)
+        != NGX_OK)
+    {
         return NULL;
     }
+
+    do {
+        rc = ngx_http_civchat_geoip_copy_slice(in, out, 1024 * 1024);
+    } while (rc == NGX_AGAIN);
+
+    ngx_close_file(in);
+    ngx_close_file(out);
+
+    if (rc != NGX_OK) {
+        ngx_log_error(level, log, ngx_errno,
+                      "civchat_geoip: copying \"%V\" to \"%s\" failed",
+                      path, tmp);
+        ngx_delete_file(tmp);
+        return NULL;
+    }
+
+    return ngx_http_civchat_geoip_map(path, tmp, log, level);
+}
+
+
+/* opens the private copy; its name goes at once, the mapping stays */
+
+static MMDB_s *
+ngx_http_civchat_geoip_map(ngx_str_t *path, u_char *tmp, ngx_log_t *log,
+    ngx_uint_t level)
+{
+    int      rc;
+    MMDB_s  *mmdb;
 
     mmdb = ngx_alloc(sizeof(MMDB_s), log);
     if (mmdb == NULL) {
@@ -173,7 +242,6 @@ ngx_http_civchat_geoip_open(ngx_str_t *path, ngx_log_t *log,
 
     rc = MMDB_open((char *) tmp, MMDB_MODE_MMAP, mmdb);
 
-    /* the mapping outlives the name: nothing is left on disk */
     ngx_delete_file(tmp);
 
     if (rc != MMDB_SUCCESS) {
@@ -189,14 +257,10 @@ ngx_http_civchat_geoip_open(ngx_str_t *path, ngx_log_t *log,
 
 
 static ngx_int_t
-ngx_http_civchat_geoip_copy(ngx_str_t *path, u_char *tmp, ngx_log_t *log,
-    ngx_uint_t level)
+ngx_http_civchat_geoip_start_copy(ngx_str_t *path, u_char *tmp,
+    ngx_fd_t *in, ngx_fd_t *out, ngx_log_t *log, ngx_uint_t level)
 {
-    u_char      buf[65536];
-    char       *dir;
-    ssize_t     n;
-    ngx_fd_t    in, out;
-    ngx_int_t   rc;
+    char  *dir;
 
     dir = getenv("TMPDIR");
     if (dir == NULL || *dir == '\0') {
@@ -210,48 +274,48 @@ ngx_http_civchat_geoip_copy(ngx_str_t *path, u_char *tmp, ngx_log_t *log,
 
     ngx_sprintf(tmp, "%s/civchat-geoip-XXXXXX%Z", dir);
 
-    in = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (in == NGX_INVALID_FILE) {
+    *in = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (*in == NGX_INVALID_FILE) {
         ngx_log_error(level, log, ngx_errno,
                       "civchat_geoip: " ngx_open_file_n " \"%V\" failed",
                       path);
         return NGX_ERROR;
     }
 
-    out = mkstemp((char *) tmp);
-    if (out == -1) {
+    *out = mkstemp((char *) tmp);
+    if (*out == -1) {
         ngx_log_error(level, log, ngx_errno,
                       "civchat_geoip: mkstemp(\"%s\") failed", tmp);
-        ngx_close_file(in);
+        ngx_close_file(*in);
         return NGX_ERROR;
     }
 
-    rc = NGX_OK;
+    return NGX_OK;
+}
 
-    for ( ;; ) {
+
+/* NGX_AGAIN: more to copy; NGX_OK: done; NGX_ERROR */
+
+static ngx_int_t
+ngx_http_civchat_geoip_copy_slice(ngx_fd_t in, ngx_fd_t out, size_t max)
+{
+    u_char   buf[65536];
+    size_t   copied;
+    ssize_t  n;
+
+    for (copied = 0; copied < max; copied += n) {
         n = ngx_read_fd(in, buf, sizeof(buf));
 
         if (n == 0) {
-            break;
+            return NGX_OK;
         }
 
         if (n == -1 || ngx_write_fd(out, buf, n) != n) {
-            ngx_log_error(level, log, ngx_errno,
-                          "civchat_geoip: copying \"%V\" to \"%s\" failed",
-                          path, tmp);
-            rc = NGX_ERROR;
-            break;
+            return NGX_ERROR;
         }
     }
 
-    ngx_close_file(in);
-    ngx_close_file(out);
-
-    if (rc != NGX_OK) {
-        ngx_delete_file(tmp);
-    }
-
-    return rc;
+    return NGX_AGAIN;
 }
 
 
@@ -283,7 +347,6 @@ ngx_http_civchat_geoip_init_process(ngx_http_civchat_geoip_t *geo,
         return;
     }
 
-    geo->log = cycle->log;
     geo->timer.handler = ngx_http_civchat_geoip_check;
     geo->timer.data = geo;
     geo->timer.log = cycle->log;
@@ -296,13 +359,28 @@ ngx_http_civchat_geoip_init_process(ngx_http_civchat_geoip_t *geo,
 static void
 ngx_http_civchat_geoip_check(ngx_event_t *ev)
 {
-    MMDB_s                    *mmdb;
-    ngx_file_info_t            fi;
-    ngx_http_civchat_geoip_t  *geo;
+    ngx_file_info_t              fi;
+    ngx_http_civchat_file_id_t   id;
+    ngx_http_civchat_geoip_t    *geo;
 
     geo = ev->data;
 
     if (ngx_exiting || ngx_terminate || ngx_quit) {
+        if (geo->copy_in != NGX_INVALID_FILE) {
+            ngx_close_file(geo->copy_in);
+            ngx_close_file(geo->copy_out);
+            ngx_delete_file(geo->copy_tmp);
+            geo->copy_in = NGX_INVALID_FILE;
+        }
+
+        return;
+    }
+
+    if (geo->copy_in != NGX_INVALID_FILE) {
+        /* a slice per turn of the event loop: requests go in between */
+        ngx_http_civchat_geoip_step(geo, ev->log);
+        ngx_add_timer(ev, (geo->copy_in != NGX_INVALID_FILE)
+                          ? 1 : geo->interval);
         return;
     }
 
@@ -313,20 +391,15 @@ ngx_http_civchat_geoip_check(ngx_event_t *ev)
         return;
     }
 
-    if (ngx_file_uniq(&fi) == geo->uniq && ngx_file_size(&fi) == geo->size
-        && ngx_file_mtime(&fi) == geo->mtime)
-    {
+    ngx_http_civchat_geoip_id(&fi, &id);
+
+    if (ngx_memcmp(&id, &geo->loaded, sizeof(id)) == 0) {
         return;
     }
 
-    if (ngx_file_uniq(&fi) != geo->seen_uniq
-        || ngx_file_size(&fi) != geo->seen_size
-        || ngx_file_mtime(&fi) != geo->seen_mtime)
-    {
+    if (ngx_memcmp(&id, &geo->seen, sizeof(id)) != 0) {
         /* still changing: load it once it has stood still a while */
-        geo->seen_uniq = ngx_file_uniq(&fi);
-        geo->seen_size = ngx_file_size(&fi);
-        geo->seen_mtime = ngx_file_mtime(&fi);
+        geo->seen = id;
         geo->failed = 0;
         return;
     }
@@ -335,7 +408,73 @@ ngx_http_civchat_geoip_check(ngx_event_t *ev)
         return;
     }
 
-    mmdb = ngx_http_civchat_geoip_open(&geo->path, ev->log, NGX_LOG_ERR);
+    if (ngx_http_civchat_geoip_start_copy(&geo->path, geo->copy_tmp,
+                                          &geo->copy_in, &geo->copy_out,
+                                          ev->log, NGX_LOG_ERR)
+        != NGX_OK)
+    {
+        geo->copy_in = NGX_INVALID_FILE;
+        geo->failed = 1;
+        return;
+    }
+
+    geo->copy_id = id;
+
+    ngx_del_timer(ev);
+    ngx_add_timer(ev, 1);
+}
+
+
+static void
+ngx_http_civchat_geoip_step(ngx_http_civchat_geoip_t *geo, ngx_log_t *log)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_civchat_geoip_copy_slice(geo->copy_in, geo->copy_out,
+                                           1024 * 1024);
+    if (rc == NGX_AGAIN) {
+        return;
+    }
+
+    ngx_close_file(geo->copy_in);
+    ngx_close_file(geo->copy_out);
+    geo->copy_in = NGX_INVALID_FILE;
+
+    if (rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "civchat_geoip: copying \"%V\" failed", &geo->path);
+        ngx_delete_file(geo->copy_tmp);
+        geo->failed = 1;
+        return;
+    }
+
+    ngx_http_civchat_geoip_finish(geo, log);
+}
+
+
+static void
+ngx_http_civchat_geoip_finish(ngx_http_civchat_geoip_t *geo, ngx_log_t *log)
+{
+    MMDB_s                      *mmdb;
+    ngx_file_info_t              fi;
+    ngx_http_civchat_file_id_t   id;
+
+    if (ngx_file_info(geo->path.data, &fi) == NGX_FILE_ERROR) {
+        ngx_delete_file(geo->copy_tmp);
+        return;
+    }
+
+    ngx_http_civchat_geoip_id(&fi, &id);
+
+    if (ngx_memcmp(&id, &geo->copy_id, sizeof(id)) != 0) {
+        /* written to while we copied: wait for it to settle again */
+        ngx_delete_file(geo->copy_tmp);
+        geo->seen = id;
+        return;
+    }
+
+    mmdb = ngx_http_civchat_geoip_map(&geo->path, geo->copy_tmp, log,
+                                      NGX_LOG_ERR);
 
     if (mmdb == NULL) {
         /* logged once per version of the file; the old data stays */
@@ -346,11 +485,9 @@ ngx_http_civchat_geoip_check(ngx_event_t *ev)
     ngx_http_civchat_geoip_close(geo->mmdb);
 
     geo->mmdb = mmdb;
-    geo->uniq = ngx_file_uniq(&fi);
-    geo->size = ngx_file_size(&fi);
-    geo->mtime = ngx_file_mtime(&fi);
+    geo->loaded = id;
 
-    ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+    ngx_log_error(NGX_LOG_NOTICE, log, 0,
                   "civchat_geoip: loaded the new \"%V\"", &geo->path);
 }
 
