@@ -8,7 +8,7 @@ SOURCES   := $(wildcard src/*.c src/*.h) config
 
 export NGINX_SRC BUILD
 
-.PHONY: all deps run test test-style clean
+.PHONY: all deps run test test-asan clean
 
 all: $(MODULE)
 
@@ -31,6 +31,27 @@ test: deps all t/browser/node_modules/.package-lock.json
 # playwright-core for the browser tests (t/browser.t), as locked
 t/browser/node_modules/.package-lock.json: t/browser/package-lock.json
 	cd t/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null
+
+# The module and nginx itself (Debian's 1.22.1 source, fetched with
+# apt-get source) built with AddressSanitizer and UndefinedBehaviorSanitizer
+# and every pool allocation a malloc of its own, then the whole suite.
+# A sanitizer report lands in error.log, which fails the test.
+ASAN_BUILD := $(BUILD)/asan
+ASAN_CC    := -fsanitize=address,undefined -fno-sanitize=nonnull-attribute \
+              -fno-omit-frame-pointer -DNGX_DEBUG_PALLOC=1 -O1 -g
+ASAN_LD    := -fsanitize=address,undefined
+
+test-asan: deps t/browser/node_modules/.package-lock.json
+	mkdir -p $(BUILD)
+	NGINX_SRC=$$(sh util/nginx-source.sh $(BUILD)/nginx-source) \
+	BUILD=$(ASAN_BUILD) CC_OPT="$(ASAN_CC)" LD_OPT="$(ASAN_LD)" \
+	    sh util/build.sh >$(BUILD)/asan-build.log 2>&1 \
+	    || { tail -n 30 $(BUILD)/asan-build.log; exit 1; }
+	ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 \
+	UBSAN_OPTIONS=print_stacktrace=1 \
+	TEST_NGINX_BINARY=$(ASAN_BUILD)/nginx/objs/nginx \
+	TEST_NGINX_MODULE=$(ASAN_BUILD)/ngx_http_civchat_module.so \
+	    prove -r t/
 
 clean:
 	rm -rf $(BUILD)

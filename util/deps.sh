@@ -16,6 +16,11 @@ for p in $packages; do
     fi
 done
 
+# the browser tests run playwright-core under Node.js
+if ! command -v npm >/dev/null 2>&1; then
+    missing="$missing nodejs npm"
+fi
+
 [ -z "$missing" ] && exit 0
 
 echo "deps: installing$missing"
