@@ -110,13 +110,14 @@
                config().apiKey;
     }
 
-    /* data, the apiKey and the page context (url, referrer, title) */
+    /* data, the apiKey and the page context, always the page's own (the
+     * server reads url, referrer and title as that, never as attributes) */
     function makeBody(data) {
         var body = fields(data);
 
         body.apiKey = apiKey(data);
-        body.url = body.url || location.href;
-        body.referrer = body.referrer || document.referrer;
+        body.url = location.href;
+        body.referrer = document.referrer;
         body.title = document.title;
         return body;
     }
@@ -637,12 +638,12 @@
     /* UE.pageHit(data): a page view of location.href (SPAs call it on
      * each route); data may carry attributes and an "event" object. */
     function pageHit(data) {
-        pageView(makeBody(data), isObj(data) && data.referrer);
+        pageView(makeBody(data));
     }
 
     /* after a route change, the referrer is the route before it */
-    function pageView(body, own) {
-        if (!own && S.lastUrl && S.lastUrl !== body.url) {
+    function pageView(body) {
+        if (S.lastUrl && S.lastUrl !== body.url) {
             body.referrer = S.lastUrl;
         }
         S.lastUrl = body.url;
