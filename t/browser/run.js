@@ -64,7 +64,7 @@ async function until(fn, ms = 5000, every = 50) {
 const show = (v) => JSON.stringify(v, null, 1);
 
 
-/* the store ------------------------------------------------------------ */
+/* the store -------------------------------------------------------------- */
 
 function storeEvents() {
     let text = '';
@@ -107,7 +107,7 @@ async function settled(m) {
 }
 
 
-/* a page under observation ---------------------------------------------- */
+/* a page under observation ----------------------------------------------- */
 
 class Page {
     constructor(ctx, page) {
@@ -210,7 +210,7 @@ class Page {
 }
 
 
-/* scenarios ------------------------------------------------------------- */
+/* scenarios -------------------------------------------------------------- */
 
 const scenarios = [];
 
@@ -253,7 +253,7 @@ async function run(browser, sc) {
 }
 
 
-/* identity ------------------------------------------------------------ */
+/* identity --------------------------------------------------------------- */
 
 scenario('first visit', async (T) => {
     const p = await T.open('/basic.html?s=' + T.tag + '&company=Acme');
@@ -504,7 +504,7 @@ scenario('SPA pushState and UE.pageHit', async (T) => {
 });
 
 
-/* looks, commands and callbacks --------------------------------------------- */
+/* looks, commands and callbacks ------------------------------------------ */
 
 const LOOKS = {
     simple: { launcher: true, greeting: false, panel: false },
@@ -709,7 +709,7 @@ scenario('destroy and re-init', async (T) => {
 });
 
 
-/* how real sites load it ------------------------------------------------------ */
+/* how real sites load it ------------------------------------------------- */
 
 scenario('civchat defined late', async (T) => {
     const p = await T.open('/late.html?s=' + T.tag);
@@ -958,7 +958,8 @@ scenario('host CSS restyling everything', async (T) => {
     T.ok(await l.isVisible(), 'the launcher shows');
     const box = await l.boundingBox();
     const vp = p.page.viewportSize();
-    T.ok(box && Math.abs(box.width - 56) < 1 && Math.abs(box.height - 56) < 1 &&
+    T.ok(box && Math.abs(box.width - 56) < 1 &&
+         Math.abs(box.height - 56) < 1 &&
          Math.abs(box.x + box.width - (vp.width - 20)) < 2 &&
          Math.abs(box.y + box.height - (vp.height - 20)) < 2,
          'its size and place are its own', show(box));
@@ -976,7 +977,7 @@ scenario('host CSS restyling everything', async (T) => {
 });
 
 
-/* the demo, with a screenshot kept as an artifact ------------------------------ */
+/* the demo, with a screenshot kept as an artifact ------------------------ */
 
 scenario('demo screenshot', async (T) => {
     const p = await T.open('/demo/index.html');
@@ -1019,7 +1020,7 @@ scenario('demo screenshot', async (T) => {
 });
 
 
-/* main ------------------------------------------------------------------------- */
+/* main ------------------------------------------------------------------- */
 
 (async () => {
     const t0 = Date.now();
