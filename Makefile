@@ -53,5 +53,11 @@ test-asan: deps t/browser/node_modules/.package-lock.json
 	TEST_NGINX_MODULE=$(ASAN_BUILD)/ngx_http_civchat_module.so \
 	    prove -r t/
 
+# Page hits through nginx into a local ClickHouse against ClickHouse's
+# own ingest rate for the same NDJSON (bench/README.md); builds first.
+.PHONY: bench
+bench: deps all
+	sh bench/clickhouse.sh
+
 clean:
 	rm -rf $(BUILD)

@@ -22,6 +22,7 @@
 #define NGX_HTTP_CIVCHAT_USER_ID_MAX     128
 #define NGX_HTTP_CIVCHAT_EMAIL_MAX       254
 #define NGX_HTTP_CIVCHAT_EVENT_ID_LEN    32
+#define NGX_HTTP_CIVCHAT_PINS            8
 
 
 /* attribute types declared with civchat_attribute */
@@ -148,7 +149,9 @@ struct ngx_http_civchat_zone_s {
     ngx_msec_t                    state_interval;
     ngx_event_t                   save_event;
     ngx_log_t                    *log;
-    ngx_http_civchat_profile_t   *keep[2];   /* never evicted right now */
+    /* profiles the locked section works on: never evicted under it */
+    ngx_uint_t                    npinned;
+    ngx_http_civchat_profile_t   *pinned[NGX_HTTP_CIVCHAT_PINS];
 };
 
 
@@ -310,6 +313,8 @@ void ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p);
 void ngx_http_civchat_store_touch(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p);
+void ngx_http_civchat_store_pin(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p);
 
 /* sink.c */
 ngx_http_civchat_sink_t *ngx_http_civchat_sink_create(ngx_conf_t *cf,
@@ -329,6 +334,8 @@ void ngx_http_civchat_sink_exit_process(ngx_http_civchat_sink_t *sink,
 ngx_http_civchat_http_t *ngx_http_civchat_http_create(ngx_conf_t *cf,
     ngx_str_t *args, ngx_uint_t n);
 ngx_str_t *ngx_http_civchat_http_spool_dir(ngx_http_civchat_http_t *h);
+ngx_int_t ngx_http_civchat_http_same(ngx_http_civchat_http_t *a,
+    ngx_http_civchat_http_t *b);
 void ngx_http_civchat_http_init_process(ngx_http_civchat_http_t *h,
     ngx_cycle_t *cycle);
 void ngx_http_civchat_http_exit_process(ngx_http_civchat_http_t *h,

@@ -124,7 +124,10 @@ static void ngx_http_civchat_http_idle_handler(ngx_event_t *ev);
 static void ngx_http_civchat_http_dummy_handler(ngx_event_t *ev);
 static void ngx_http_civchat_http_close(ngx_http_civchat_http_t *h);
 static ngx_int_t ngx_http_civchat_spool_write(ngx_http_civchat_http_t *h,
-    ngx_http_civchat_batch_t *b, ngx_log_t *log);
+    ngx_http_civchat_batch_t *b, ngx_log_t *log, ngx_uint_t force);
+static void ngx_http_civchat_spool_sealed(ngx_http_civchat_http_t *h);
+static size_t ngx_http_civchat_http_body_text(ngx_http_civchat_http_t *h,
+    u_char *text, size_t size);
 static ngx_http_civchat_batch_t *ngx_http_civchat_spool_claim(
     ngx_http_civchat_http_t *h);
 static ngx_int_t ngx_http_civchat_spool_scan(ngx_http_civchat_http_t *h,
@@ -136,6 +139,7 @@ static void ngx_http_civchat_spool_release(ngx_http_civchat_http_t *h,
 ngx_http_civchat_http_t *
 ngx_http_civchat_http_create(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n)
 {
+    uint32_t                  crc;
     ngx_uint_t                i;
     ngx_http_civchat_http_t  *h;
 
@@ -159,7 +163,7 @@ ngx_http_civchat_http_create(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n)
     h->timeout = 5000;
     h->max_backoff = 30000;
     h->spool_limit = (off_t) 1024 * 1024 * 1024;
-    ngx_str_set(&h->spool, "civchat_spool");
+    crc = 0;
 
     for (i = 0; i < n; i++) {
 
@@ -168,6 +172,7 @@ ngx_http_civchat_http_create(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n)
                 return NULL;
             }
 
+            crc ^= ngx_crc32_long(args[i].data, args[i].len);
             continue;
         }
 
@@ -180,6 +185,17 @@ ngx_http_civchat_http_create(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "civchat_store: batch_size must be at least 1k");
         return NULL;
+    }
+
+    if (h->spool.len == 0) {
+        /* one spool per store: a batch must go back where it was sent */
+        h->spool.data = ngx_pnalloc(cf->pool, sizeof("civchat_spool_") + 8);
+        if (h->spool.data == NULL) {
+            return NULL;
+        }
+
+        h->spool.len = ngx_sprintf(h->spool.data, "civchat_spool_%08xD", crc)
+                       - h->spool.data;
     }
 
     if (ngx_conf_full_name(cf->cycle, &h->spool, 0) != NGX_OK) {
@@ -348,6 +364,38 @@ ngx_http_civchat_http_spool_dir(ngx_http_civchat_http_t *h)
 }
 
 
+/* the same servers in the same order */
+
+ngx_int_t
+ngx_http_civchat_http_same(ngx_http_civchat_http_t *a,
+    ngx_http_civchat_http_t *b)
+{
+    ngx_uint_t                i;
+    ngx_http_civchat_peer_t  *pa, *pb;
+
+    if (a->peers.nelts != b->peers.nelts) {
+        return 0;
+    }
+
+    pa = a->peers.elts;
+    pb = b->peers.elts;
+
+    for (i = 0; i < a->peers.nelts; i++) {
+        if (ngx_cmp_sockaddr(pa[i].addr.sockaddr, pa[i].addr.socklen,
+                             pb[i].addr.sockaddr, pb[i].addr.socklen, 1)
+            != NGX_OK
+            || pa[i].uri.len != pb[i].uri.len
+            || ngx_strncmp(pa[i].uri.data, pb[i].uri.data, pa[i].uri.len)
+               != 0)
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 void
 ngx_http_civchat_http_init_process(ngx_http_civchat_http_t *h,
     ngx_cycle_t *cycle)
@@ -500,7 +548,7 @@ ngx_http_civchat_http_seal(ngx_http_civchat_http_t *h)
     }
 
     if (h->failing
-        && ngx_http_civchat_spool_write(h, b, h->log) == NGX_OK)
+        && ngx_http_civchat_spool_write(h, b, h->log, 0) == NGX_OK)
     {
         ngx_http_civchat_batch_free(b);
         return;
@@ -937,7 +985,8 @@ ngx_http_civchat_http_chunked(u_char *p, u_char *last)
                 return NGX_ERROR;
             }
 
-            size = size * 16 + ((*p <= '9') ? *p - '0' : (*p | 0x20) - 'a' + 10);
+            size = size * 16
+                   + ((*p <= '9') ? *p - '0' : (*p | 0x20) - 'a' + 10);
             p++;
         }
 
@@ -1033,7 +1082,8 @@ static void
 ngx_http_civchat_http_fail(ngx_http_civchat_http_t *h, const char *reason,
     ngx_uint_t status)
 {
-    u_char                    *p, *text;
+    u_char                    *p, text[300];
+    size_t                     len;
     ngx_http_civchat_batch_t  *b;
 
     b = h->inflight;
@@ -1047,11 +1097,9 @@ ngx_http_civchat_http_fail(ngx_http_civchat_http_t *h, const char *reason,
 
         if (status) {
             /* the store's own words, e.g. ClickHouse's exception text */
-            text = ngx_strlcasestrn(h->resp, h->resp + h->resp_len,
-                                    (u_char *) "\r\n\r\n", 4 - 1);
-            text = (text != NULL) ? text + 4 : h->resp + h->resp_len;
+            len = ngx_http_civchat_http_body_text(h, text, sizeof(text));
 
-            for (p = text; p < h->resp + h->resp_len && p - text < 300; p++) {
+            for (p = text; p < text + len; p++) {
                 if (*p < 0x20) {
                     *p = ' ';
                 }
@@ -1060,7 +1108,7 @@ ngx_http_civchat_http_fail(ngx_http_civchat_http_t *h, const char *reason,
             ngx_log_error(NGX_LOG_ERR, h->log, 0,
                           "civchat_store \"%V\" answered %ui: \"%*s\"; "
                           "events are spooled and retried", &h->name,
-                          status, p - text, text);
+                          status, len, text);
 
         } else {
             ngx_log_error(NGX_LOG_ERR, h->log, 0,
@@ -1084,7 +1132,7 @@ ngx_http_civchat_http_fail(ngx_http_civchat_http_t *h, const char *reason,
     if (b->claimed != NULL) {
         ngx_http_civchat_spool_release(h, b);
 
-    } else if (ngx_http_civchat_spool_write(h, b, h->log) != NGX_OK) {
+    } else if (ngx_http_civchat_spool_write(h, b, h->log, 0) != NGX_OK) {
         /* the spool is full: keep it in memory, first in line */
         b->tries = 0;
         ngx_queue_insert_head(&h->sealed, &b->queue);
@@ -1094,6 +1142,9 @@ ngx_http_civchat_http_fail(ngx_http_civchat_http_t *h, const char *reason,
 
     if (b != NULL) {
         ngx_http_civchat_batch_free(b);
+
+        /* the batches sealed meanwhile are newer: they follow it */
+        ngx_http_civchat_spool_sealed(h);
     }
 
     if (h->retry_ev.timer_set) {
@@ -1102,6 +1153,79 @@ ngx_http_civchat_http_fail(ngx_http_civchat_http_t *h, const char *reason,
 
     if (!ngx_exiting && !ngx_terminate) {
         ngx_add_timer(&h->retry_ev, h->backoff);
+    }
+}
+
+
+/* the answer's body, without chunked framing, cut to size */
+
+static size_t
+ngx_http_civchat_http_body_text(ngx_http_civchat_http_t *h, u_char *text,
+    size_t size)
+{
+    u_char  *p, *last, *eol, *out;
+    off_t    chunk;
+
+    last = h->resp + h->resp_len;
+
+    p = ngx_strlcasestrn(h->resp, last, (u_char *) "\r\n\r\n", 4 - 1);
+    if (p == NULL) {
+        return 0;
+    }
+
+    if (ngx_strlcasestrn(h->resp, p, (u_char *) "chunked", 7 - 1) == NULL) {
+        size = ngx_min(size, (size_t) (last - p - 4));
+        ngx_memcpy(text, p + 4, size);
+        return size;
+    }
+
+    p += 4;
+    out = text;
+
+    while (p < last && out < text + size) {
+        eol = ngx_strlchr(p, last, '\n');
+        if (eol == NULL) {
+            break;
+        }
+
+        chunk = ngx_hextoi(p, (eol - p > 0 && eol[-1] == '\r')
+                              ? eol - 1 - p : eol - p);
+        if (chunk <= 0) {
+            break;
+        }
+
+        p = eol + 1;
+        chunk = ngx_min(chunk, ngx_min(last - p, text + size - out));
+        out = ngx_cpymem(out, p, chunk);
+        p += chunk + 2;
+    }
+
+    return out - text;
+}
+
+
+/*
+ * The store fails: the batches waiting in memory go to the spool after
+ * the failed one, so that the order of the events survives.
+ */
+
+static void
+ngx_http_civchat_spool_sealed(ngx_http_civchat_http_t *h)
+{
+    ngx_queue_t               *q;
+    ngx_http_civchat_batch_t  *b;
+
+    while (!ngx_queue_empty(&h->sealed)) {
+        q = ngx_queue_head(&h->sealed);
+        b = ngx_queue_data(q, ngx_http_civchat_batch_t, queue);
+
+        if (ngx_http_civchat_spool_write(h, b, h->log, 0) != NGX_OK) {
+            return;
+        }
+
+        ngx_queue_remove(q);
+        h->nsealed--;
+        ngx_http_civchat_batch_free(b);
     }
 }
 
@@ -1180,7 +1304,9 @@ ngx_http_civchat_http_exit_process(ngx_http_civchat_http_t *h,
         if (b->claimed != NULL) {
             ngx_http_civchat_spool_release(h, b);
 
-        } else if (ngx_http_civchat_spool_write(h, b, cycle->log) != NGX_OK) {
+        } else if (ngx_http_civchat_spool_write(h, b, cycle->log, 1)
+                   != NGX_OK)
+        {
             lost += b->events;
         }
 
@@ -1202,8 +1328,9 @@ ngx_http_civchat_http_exit_process(ngx_http_civchat_http_t *h,
 
         b = ngx_queue_data(q, ngx_http_civchat_batch_t, queue);
 
+        /* accepted events are kept even past spool_size */
         if (b->events
-            && ngx_http_civchat_spool_write(h, b, cycle->log) != NGX_OK)
+            && ngx_http_civchat_spool_write(h, b, cycle->log, 1) != NGX_OK)
         {
             lost += b->events;
         }
@@ -1227,7 +1354,7 @@ ngx_http_civchat_http_exit_process(ngx_http_civchat_http_t *h,
 
 static ngx_int_t
 ngx_http_civchat_spool_write(ngx_http_civchat_http_t *h,
-    ngx_http_civchat_batch_t *b, ngx_log_t *log)
+    ngx_http_civchat_batch_t *b, ngx_log_t *log, ngx_uint_t force)
 {
     u_char      name[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
     ssize_t     n;
@@ -1238,7 +1365,7 @@ ngx_http_civchat_spool_write(ngx_http_civchat_http_t *h,
         (void) ngx_http_civchat_spool_scan(h, NULL);
     }
 
-    if (h->spool_bytes + (off_t) b->len > h->spool_limit) {
+    if (!force && h->spool_bytes + (off_t) b->len > h->spool_limit) {
         (void) ngx_atomic_fetch_add(&h->counters->spool_full, 1);
         return NGX_DECLINED;
     }

@@ -125,8 +125,10 @@ static ngx_http_civchat_sink_t *
 ngx_http_civchat_sink_http(ngx_conf_t *cf, ngx_http_civchat_main_conf_t *mcf,
     ngx_str_t *args, ngx_uint_t n)
 {
+    ngx_str_t                *spool, *other;
+    ngx_uint_t                i;
     ngx_path_t               *path;
-    ngx_http_civchat_sink_t  *sink, **sp;
+    ngx_http_civchat_sink_t  *sink, **sp, **sinks;
 
     sink = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_sink_t));
     if (sink == NULL) {
@@ -138,12 +140,42 @@ ngx_http_civchat_sink_http(ngx_conf_t *cf, ngx_http_civchat_main_conf_t *mcf,
         return NULL;
     }
 
+    spool = ngx_http_civchat_http_spool_dir(sink->http);
+    sinks = mcf->sinks->elts;
+
+    for (i = 0; i < mcf->sinks->nelts; i++) {
+        if (sinks[i]->http == NULL) {
+            continue;
+        }
+
+        other = ngx_http_civchat_http_spool_dir(sinks[i]->http);
+
+        if (other->len != spool->len
+            || ngx_strncmp(other->data, spool->data, spool->len) != 0)
+        {
+            continue;
+        }
+
+        /* the same store named in several locations is one store */
+        if (ngx_http_civchat_http_same(sinks[i]->http, sink->http)) {
+            return sinks[i];
+        }
+
+        /* batches in a spool are replayed to that spool's store */
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "civchat_store: spool \"%V\" is already "
+                               "used by another civchat_store", spool);
+            return NULL;
+        }
+    }
+
     path = ngx_pcalloc(cf->pool, sizeof(ngx_path_t));
     if (path == NULL) {
         return NULL;
     }
 
-    path->name = *ngx_http_civchat_http_spool_dir(sink->http);
+    path->name = *spool;
     path->conf_file = cf->conf_file->file.name.data;
     path->line = cf->conf_file->line;
 

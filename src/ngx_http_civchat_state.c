@@ -359,7 +359,6 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
         goto done;
     }
 
-    zone->keep[0] = pr;
 
     pr->first_seen = json_integer_value(json_object_get(j, "first_seen"));
     pr->last_seen = json_integer_value(json_object_get(j, "last_seen"));
@@ -405,7 +404,8 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
 
 done:
 
-    zone->keep[0] = NULL;
+    /* loading runs alone, before any worker: nothing else to protect */
+    zone->npinned = 0;
     free(text);
     json_decref(j);
 

@@ -16,6 +16,10 @@
  * index entries (keys, aliases, user_ids, emails, each pointing at its
  * profile) and an LRU queue of profiles.  Callers hold the zone mutex
  * around a whole request's work; every function here expects it held.
+ *
+ * Making room evicts the least recently seen profile, so every profile
+ * a locked section has found or created is pinned until the unlock:
+ * an allocation for one profile never frees another still in use.
  */
 
 
@@ -131,8 +135,7 @@ ngx_http_civchat_store_lock(ngx_http_civchat_zone_t *zone)
 void
 ngx_http_civchat_store_unlock(ngx_http_civchat_zone_t *zone)
 {
-    zone->keep[0] = NULL;
-    zone->keep[1] = NULL;
+    zone->npinned = 0;
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
@@ -241,6 +244,7 @@ ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
         rc = ngx_http_civchat_index_cmp(ix, kind, value->data, value->len);
 
         if (rc == 0) {
+            ngx_http_civchat_store_pin(zone, ix->profile);
             return ix->profile;
         }
 
@@ -281,6 +285,7 @@ ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone, size_t size)
 static ngx_int_t
 ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone)
 {
+    ngx_uint_t                   i;
     ngx_queue_t                 *q;
     ngx_http_civchat_profile_t  *p;
 
@@ -290,7 +295,13 @@ ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone)
     {
         p = ngx_queue_data(q, ngx_http_civchat_profile_t, lru);
 
-        if (p == zone->keep[0] || p == zone->keep[1]) {
+        for (i = 0; i < zone->npinned; i++) {
+            if (zone->pinned[i] == p) {
+                break;
+            }
+        }
+
+        if (i < zone->npinned) {
             continue;
         }
 
@@ -366,12 +377,7 @@ ngx_http_civchat_store_create(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
     ngx_queue_insert_head(&zone->sh->lru, &p->lru);
 
     /* the new profile must survive the allocation of its own key */
-    if (zone->keep[0] == NULL) {
-        zone->keep[0] = p;
-
-    } else if (zone->keep[1] == NULL) {
-        zone->keep[1] = p;
-    }
+    ngx_http_civchat_store_pin(zone, p);
 
     p->key = ngx_http_civchat_index_new(zone, p, NGX_HTTP_CIVCHAT_BY_KEY,
                                         key);
@@ -553,10 +559,29 @@ ngx_http_civchat_store_touch(ngx_http_civchat_zone_t *zone,
     ngx_queue_remove(&p->lru);
     ngx_queue_insert_head(&zone->sh->lru, &p->lru);
 
-    if (zone->keep[0] == NULL || zone->keep[0] == p) {
-        zone->keep[0] = p;
+    ngx_http_civchat_store_pin(zone, p);
+}
 
-    } else {
-        zone->keep[1] = p;
+
+void
+ngx_http_civchat_store_pin(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < zone->npinned; i++) {
+        if (zone->pinned[i] == p) {
+            return;
+        }
     }
+
+    if (zone->npinned < NGX_HTTP_CIVCHAT_PINS) {
+        zone->pinned[zone->npinned++] = p;
+        return;
+    }
+
+    /* cannot happen: a request works on at most three profiles */
+    ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                  "civchat zone \"%V\": too many pinned profiles",
+                  &zone->name);
 }

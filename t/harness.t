@@ -158,7 +158,8 @@ for (1 .. 50) {
 	last if $t->log_problems;
 	select undef, undef, undef, 0.1;
 }
-like(join("\n", $t->log_problems), qr/exited on signal 11/,
+like(join("\n", $t->log_problems),
+	qr/exited on signal 11|AddressSanitizer: SEGV/,
 	'crash detected');
 
 # the config check sees an [emerg]

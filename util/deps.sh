@@ -5,7 +5,8 @@
 set -e
 
 packages="build-essential nginx nginx-dev libjansson-dev libmaxminddb-dev
-          libmaxmind-db-writer-perl perl curl chromium"
+          libmaxmind-db-writer-perl perl curl chromium
+          clickhouse-server clickhouse-client wrk clang"
 
 missing=
 for p in $packages; do
@@ -34,7 +35,9 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends $missing
 
-# Debian starts the packaged nginx on port 80; civchat runs its own.
+# Debian starts the packaged nginx (port 80) and ClickHouse (8123, 9000,
+# 9009) as services; civchat's demo and tests run their own.
 if command -v service >/dev/null 2>&1; then
     $sudo service nginx stop >/dev/null 2>&1 || true
+    $sudo service clickhouse-server stop >/dev/null 2>&1 || true
 fi

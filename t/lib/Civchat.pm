@@ -30,6 +30,9 @@ our @EXPORT_OK = qw/json_encode json_decode is_key uniq_id deep_subset
 
 $SIG{PIPE} = 'IGNORE';
 
+binmode(Test::More->builder->$_, ':utf8')
+	for qw/output failure_output todo_output/;
+
 our $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
 
 my $REPO = abs_path(dirname(__FILE__) . '/../..');
@@ -187,6 +190,7 @@ sub write_file {
 	my ($self, $name, $content) = @_;
 
 	my $path = $name =~ m{^/} ? $name : "$self->{_testdir}/$name";
+	utf8::encode($content) if utf8::is_utf8($content);
 	open(my $fh, '>:raw', $path) or die "write_file $path: $!\n";
 	print $fh $content;
 	close $fh;
@@ -227,10 +231,20 @@ sub read_file {
 sub test_config {
 	my ($self, $content, $name) = @_;
 
+	my $named = defined $name;
 	$name //= 'nginx.conf';
-	$self->write_file_expand($name, $content) if defined $content;
-
 	my $d = $self->{_testdir};
+
+	# the messages of a test go to test_config.log, not to the error.log
+	# that the running nginx writes and check_log reads
+
+	$content //= $named ? $self->read_file($name)
+		: $self->{config} // $self->read_file($name);
+	$content = $self->expand($content);
+	$content =~ s{\Q$d\E/error\.log}{$d/test_config.log}g;
+	$name = 'nginx-test.conf' if $name eq 'nginx.conf';
+	$self->write_file($name, $content);
+
 	my $out = `$self->{binary} -t -p $d/ -c $d/$name -e stderr 2>&1`;
 	my $rc = $? >> 8;
 
@@ -495,6 +509,7 @@ sub json_encode { $JSON->encode($_[0]) }
 sub json_decode {
 	my ($text) = @_;
 	return undef unless defined $text && length $text;
+	utf8::encode($text) if utf8::is_utf8($text);
 	my $v = eval { $JSON->decode($text) };
 	return $v;
 }
@@ -528,6 +543,7 @@ sub request {
 		my @h = @{$o{headers} // []};
 		my %have = map { lc $h[$_ * 2] => 1 } 0 .. int(@h / 2) - 1;
 		my $body = $o{body};
+		utf8::encode($body) if defined $body && utf8::is_utf8($body);
 
 		$raw = "$method $o{path} HTTP/$ver\r\n";
 		$raw .= "Host: " . ($o{host} // '127.0.0.1:'
@@ -679,14 +695,16 @@ sub client {
 
 ###############################################################################
 
-# events from the NDJSON store file
+# events from the NDJSON store file: read_events([$file,] %opts)
 #   file => path (default TESTDIR/events.ndjson), count => N (wait until
 #   at least N matching events), match => {field => value|qr//} or sub,
 #   timeout => seconds (5), settle => seconds to wait before the last
 #   read (default 0.35 when no count is given: time for a 100ms flush)
 
 sub read_events {
-	my ($self, %o) = @_;
+	my $self = shift;
+	unshift @_, 'file' if @_ % 2;
+	my %o = @_;
 
 	my $file = $o{file} // "$self->{_testdir}/events.ndjson";
 	my $timeout = $o{timeout} // 5;
@@ -701,7 +719,7 @@ sub read_events {
 		@ev = $self->_matching($file, $o{match});
 		last if !defined $o{count} || @ev >= $o{count};
 		last if time() >= $deadline;
-		sleep 0.05;
+		sleep 0.02;
 	}
 
 	if (defined $o{count} && $o{settle}) {
@@ -727,16 +745,42 @@ sub parse_events {
 	my ($self, $file) = @_;
 
 	$file //= "$self->{_testdir}/events.ndjson";
-	my $text = $self->read_file($file) // '';
-	my @ev;
 
-	while ($text =~ /([^\n]*)\n/g) {
-		my $line = $1;
-		my $e = json_decode($line);
-		push @ev, ref $e eq 'HASH' ? $e : { _bad => $line };
+	# incremental: only the bytes appended since the last call are
+	# parsed; a file replaced or truncated is read again
+
+	my @st = stat($file);
+	my $cache = $self->{_ev_cache}{$file};
+
+	if (!@st) {
+		delete $self->{_ev_cache}{$file};
+		return ();
 	}
 
-	return @ev;
+	if (!$cache || $cache->{ino} != $st[1] || $st[7] < $cache->{offset}) {
+		$cache = $self->{_ev_cache}{$file} =
+			{ ino => $st[1], offset => 0, events => [] };
+	}
+
+	if ($st[7] > $cache->{offset}) {
+		open(my $fh, '<:raw', $file) or return @{$cache->{events}};
+		seek($fh, $cache->{offset}, 0);
+		local $/;
+		my $text = <$fh> // '';
+		close $fh;
+
+		my $end = rindex($text, "\n");
+		if ($end >= 0) {
+			for my $line (split /\n/, substr($text, 0, $end + 1)) {
+				my $e = json_decode($line);
+				push @{$cache->{events}},
+					ref $e eq 'HASH' ? $e : { _bad => $line };
+			}
+			$cache->{offset} += $end + 1;
+		}
+	}
+
+	return @{$cache->{events}};
 }
 
 sub events_of {
@@ -841,6 +885,62 @@ sub parse {
 		|| $body =~ /^\s*[\{\[]/;
 
 	return $self;
+}
+
+# a keep-alive exchange: several answers in one byte stream; $methods
+# (optional) names the method of each request, for HEAD
+
+sub parse_many {
+	my ($class, $raw, @methods) = @_;
+
+	my @res;
+
+	while (defined $raw && length $raw) {
+		my $end = index($raw, "\r\n\r\n");
+		last if $end < 0;
+
+		my $head = substr($raw, 0, $end + 4);
+		my $rest = substr($raw, $end + 4);
+		my $method = shift(@methods) // 'GET';
+		my $r = $class->parse($head, $method);
+		my $len;
+
+		if ($method eq 'HEAD' || $r->{status} =~ /^(1\d\d|204|304)$/) {
+			$len = 0;
+
+		} elsif (($r->header('transfer-encoding') // '') =~ /chunked/i) {
+			my $body = '';
+			my $pos = 0;
+			while ($rest =~ /\G([0-9a-fA-F]+)[^\r\n]*\r\n/gc) {
+				my $n = hex $1;
+				$pos = pos($rest);
+				if ($n == 0) {
+					$pos += 2;
+					last;
+				}
+				$body .= substr($rest, $pos, $n);
+				$pos += $n + 2;
+				pos($rest) = $pos;
+			}
+			(my $plain = $head) =~ s/^Transfer-Encoding:[^\r\n]*\r\n//mi;
+			$r = $class->parse($plain . $body, $method);
+			push @res, $r;
+			$raw = substr($rest, $pos);
+			next;
+
+		} elsif (defined $r->header('content-length')) {
+			$len = $r->header('content-length');
+
+		} else {
+			$len = length $rest;
+		}
+
+		$r = $class->parse($head . substr($rest, 0, $len), $method);
+		push @res, $r;
+		$raw = substr($rest, $len);
+	}
+
+	return @res;
 }
 
 sub status { $_[0]->{status} }
@@ -1083,12 +1183,27 @@ sub update { my $s = shift; $s->post('update', @_) }
 sub event { my $s = shift; $s->post('event', @_) }
 sub product_event { my $s = shift; $s->post('product_event', @_) }
 
-# events written by the last request (they all carry its url)
+# events written by the last request (they all carry its url): waits
+# for the first (or for count => N), then reads once more, since the
+# events of one request are written together; count => 0 waits for a
+# flush interval instead (a request expected to write nothing)
+
 sub events {
 	my ($self, %o) = @_;
+
 	my $url = $self->{last_url};
-	my %m = (url => $url, %{$o{match} // {}});
-	return $self->{t}->read_events(%o, match => \%m);
+	my %m = (url => $url, %{delete $o{match} // {}});
+	my $t = $self->{t};
+
+	if (defined $o{count} && $o{count} == 0) {
+		return $t->read_events(settle => 0.3, match => \%m);
+	}
+
+	$t->read_events(count => 1, timeout => $o{timeout} // 5,
+		match => { url => $url });
+
+	return $t->read_events(count => $o{count} // 1,
+		timeout => $o{timeout} // 1, match => \%m);
 }
 
 ###############################################################################
