@@ -44,6 +44,7 @@
 #define NGX_HTTP_CIVCHAT_UPDATE          4
 #define NGX_HTTP_CIVCHAT_EVENT           5
 #define NGX_HTTP_CIVCHAT_PRODUCT_EVENT   6
+#define NGX_HTTP_CIVCHAT_PIXEL           7
 
 
 typedef struct ngx_http_civchat_zone_s   ngx_http_civchat_zone_t;
@@ -65,7 +66,7 @@ typedef struct {
 } ngx_http_civchat_counters_t;
 
 
-#define NGX_HTTP_CIVCHAT_ENDPOINTS     9      /* status.c's names */
+#define NGX_HTTP_CIVCHAT_ENDPOINTS     10     /* status.c's names */
 #define NGX_HTTP_CIVCHAT_STATUSES      12
 #define NGX_HTTP_CIVCHAT_EVENT_TYPES   10
 #define NGX_HTTP_CIVCHAT_MAX_STORES    32

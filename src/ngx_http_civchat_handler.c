@@ -41,6 +41,16 @@ static ngx_int_t ngx_http_civchat_reject(ngx_http_request_t *r,
 static void ngx_http_civchat_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_civchat_process(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+static ngx_int_t ngx_http_civchat_process_parsed(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static ngx_http_civchat_ctx_t *ngx_http_civchat_new_ctx(
+    ngx_http_request_t *r, ngx_http_civchat_loc_conf_t *lcf,
+    ngx_uint_t endpoint);
+static ngx_int_t ngx_http_civchat_pixel(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf);
+static ngx_int_t ngx_http_civchat_pixel_arg(ngx_http_request_t *r,
+    json_t *body, const char *name, const char *arg);
+static ngx_int_t ngx_http_civchat_send_gif(ngx_http_request_t *r);
 static ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_civchat_parse(ngx_http_request_t *r,
@@ -54,6 +64,8 @@ static void ngx_http_civchat_context_field(ngx_http_civchat_ctx_t *ctx,
     const char *name, ngx_str_t *out);
 static void ngx_http_civchat_header_text(ngx_http_request_t *r,
     ngx_table_elt_t *h, size_t max, ngx_str_t *out);
+static void ngx_http_civchat_clean_text(ngx_http_request_t *r,
+    ngx_str_t *in, size_t max, ngx_str_t *out);
 static void ngx_http_civchat_language(ngx_http_request_t *r, ngx_str_t *out);
 static ngx_int_t ngx_http_civchat_check_event(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs);
@@ -64,6 +76,8 @@ static ngx_int_t ngx_http_civchat_piggyback(ngx_http_request_t *r,
 static ngx_int_t ngx_http_civchat_unprofiled(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t *attrs);
 static ngx_int_t ngx_http_civchat_answer(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static ngx_int_t ngx_http_civchat_answer_pixel(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static json_t *ngx_http_civchat_user_json(ngx_http_civchat_user_t *u);
 static json_t *ngx_http_civchat_string_or_null(ngx_str_t *s);
@@ -81,6 +95,7 @@ static ngx_http_civchat_endpoint_t  ngx_http_civchat_endpoints[] = {
     { ngx_string("update"), NGX_HTTP_CIVCHAT_UPDATE },
     { ngx_string("event"), NGX_HTTP_CIVCHAT_EVENT },
     { ngx_string("product_event"), NGX_HTTP_CIVCHAT_PRODUCT_EVENT },
+    { ngx_string("p.gif"), NGX_HTTP_CIVCHAT_PIXEL },
     { ngx_null_string, 0 }
 };
 
@@ -103,6 +118,15 @@ static ngx_str_t  ngx_http_civchat_product_types[] = {
     ngx_string("refund"),
     ngx_string("promo click"),
     ngx_null_string
+};
+
+
+/* a transparent 1x1 GIF */
+static u_char  ngx_http_civchat_gif[] = {
+    'G', 'I', 'F', '8', '9', 'a', 0x01, 0x00, 0x01, 0x00, 0x80, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01,
+    0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00,
+    0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b
 };
 
 
@@ -143,6 +167,16 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
                                        "unknown civchat endpoint");
     }
 
+    if (endpoint == NGX_HTTP_CIVCHAT_PIXEL) {
+        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+            return ngx_http_civchat_reject(r, NGX_HTTP_NOT_ALLOWED,
+                                           "method_not_allowed",
+                                           "p.gif takes GET or HEAD");
+        }
+
+        return ngx_http_civchat_pixel(r, lcf);
+    }
+
     if (r->method != NGX_HTTP_POST) {
         return ngx_http_civchat_reject(r, NGX_HTTP_NOT_ALLOWED,
                                        "method_not_allowed",
@@ -175,9 +209,30 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
                                        "civchat_body_limit");
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_ctx_t));
+    ctx = ngx_http_civchat_new_ctx(r, lcf, endpoint);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_civchat_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static ngx_http_civchat_ctx_t *
+ngx_http_civchat_new_ctx(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_uint_t endpoint)
+{
+    ngx_http_civchat_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
     }
 
     ctx->endpoint = endpoint;
@@ -190,18 +245,138 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
                           sizeof(ngx_http_civchat_event_t))
            != NGX_OK)
     {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NULL;
     }
 
     ngx_http_set_ctx(r, ctx, ngx_http_civchat_module);
 
-    rc = ngx_http_read_client_request_body(r, ngx_http_civchat_body_handler);
+    return ctx;
+}
 
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+
+/*
+ * The no-JavaScript page view: <img src="/civchat/p.gif?apiKey=KEY">.
+ * The query stands in for the body (apiKey, url, referrer, title; the
+ * page defaults to the Referer) and the answer is a GIF with the cookie.
+ */
+
+static ngx_int_t
+ngx_http_civchat_pixel(ngx_http_request_t *r, ngx_http_civchat_loc_conf_t *lcf)
+{
+    ngx_int_t                rc;
+    ngx_pool_cleanup_t      *cln;
+    ngx_http_civchat_ctx_t  *ctx;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
         return rc;
     }
 
-    return NGX_DONE;
+    ctx = ngx_http_civchat_new_ctx(r, lcf, NGX_HTTP_CIVCHAT_PIXEL);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->body = json_object();
+    if (ctx->body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_civchat_json_cleanup;
+    cln->data = ctx->body;
+
+    if (ngx_http_civchat_pixel_arg(r, ctx->body, "apiKey", "apiKey")
+        != NGX_OK
+        || ngx_http_civchat_pixel_arg(r, ctx->body, "url", "url") != NGX_OK
+        || ngx_http_civchat_pixel_arg(r, ctx->body, "referrer", "referrer")
+           != NGX_OK
+        || ngx_http_civchat_pixel_arg(r, ctx->body, "title", "title")
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_civchat_process_parsed(r, ctx);
+
+    if (rc == NGX_DONE && ctx->answered) {
+        rc = ctx->answer_rc;
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_pixel_arg(ngx_http_request_t *r, json_t *body,
+    const char *name, const char *arg)
+{
+    u_char     *dst, *src;
+    ngx_str_t   value, text;
+
+    if (ngx_http_arg(r, (u_char *) arg, ngx_strlen(arg), &value) != NGX_OK
+        || value.len == 0)
+    {
+        return NGX_OK;
+    }
+
+    dst = ngx_pnalloc(r->pool, value.len);
+    if (dst == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* form encoding: '+' is a space */
+    for (src = value.data; src < value.data + value.len; src++) {
+        if (*src == '+') {
+            *src = ' ';
+        }
+    }
+
+    src = value.data;
+    value.data = dst;
+    ngx_unescape_uri(&dst, &src, value.len, 0);
+    value.len = dst - value.data;
+
+    /* whatever the query held, only valid UTF-8 goes on */
+    ngx_http_civchat_clean_text(r, &value, NGX_HTTP_CIVCHAT_CONTEXT_MAX,
+                                &text);
+
+    if (text.len
+        && json_object_set_new(body, name,
+                               json_stringn((char *) text.data, text.len))
+           != 0)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_send_gif(ngx_http_request_t *r)
+{
+    ngx_str_t                  type, cache;
+    ngx_http_complex_value_t   cv;
+
+    ngx_str_set(&cache, "no-store");
+
+    if (ngx_http_civchat_add_header(r, "Cache-Control", &cache) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(&cv, sizeof(ngx_http_complex_value_t));
+
+    cv.value.len = sizeof(ngx_http_civchat_gif);
+    cv.value.data = ngx_http_civchat_gif;
+
+    ngx_str_set(&type, "image/gif");
+
+    return ngx_http_send_response(r, NGX_HTTP_OK, &type, &cv);
 }
 
 
@@ -504,7 +679,9 @@ ngx_http_civchat_reject(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     if (status == NGX_HTTP_NOT_ALLOWED) {
-        if (ngx_strncmp(detail, "widget.js", 9) == 0) {
+        if (ngx_strncmp(detail, "widget.js", 9) == 0
+            || ngx_strncmp(detail, "p.gif", 5) == 0)
+        {
             ngx_str_set(&allow, "GET, HEAD, OPTIONS");
 
         } else {
@@ -542,9 +719,8 @@ ngx_http_civchat_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_civchat_process(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 {
-    json_t     *attrs;
     ngx_int_t   rc;
-    ngx_str_t   body, name, retry;
+    ngx_str_t   body;
 
     rc = ngx_http_civchat_read_body(r, &body);
     if (rc != NGX_OK) {
@@ -555,6 +731,18 @@ ngx_http_civchat_process(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     if (rc != NGX_OK) {
         return rc;
     }
+
+    return ngx_http_civchat_process_parsed(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_process_parsed(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx)
+{
+    json_t     *attrs;
+    ngx_int_t   rc;
+    ngx_str_t   name, retry;
 
     rc = ngx_http_civchat_api_key(r, ctx);
     if (rc != NGX_OK) {
@@ -614,6 +802,7 @@ ngx_http_civchat_process(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 
     case NGX_HTTP_CIVCHAT_INIT:
     case NGX_HTTP_CIVCHAT_PAGE_HIT:
+    case NGX_HTTP_CIVCHAT_PIXEL:
         rc = ngx_http_civchat_add_event(r, ctx, "page_view", NULL, NULL);
 
         if (rc == NGX_OK && ctx->endpoint == NGX_HTTP_CIVCHAT_PAGE_HIT) {
@@ -858,23 +1047,32 @@ static void
 ngx_http_civchat_header_text(ngx_http_request_t *r, ngx_table_elt_t *h,
     size_t max, ngx_str_t *out)
 {
-    u_char  *p, *q, *last, *dst;
+    if (h == NULL || h->value.len == 0) {
+        ngx_str_null(out);
+        return;
+    }
+
+    ngx_http_civchat_clean_text(r, &h->value, max, out);
+}
+
+
+static void
+ngx_http_civchat_clean_text(ngx_http_request_t *r, ngx_str_t *in,
+    size_t max, ngx_str_t *out)
+{
+    u_char  *p, *q, *s, *last, *dst;
     size_t   len;
 
     ngx_str_null(out);
 
-    if (h == NULL || h->value.len == 0) {
-        return;
-    }
-
-    len = ngx_min(h->value.len, max);
+    len = ngx_min(in->len, max);
 
     dst = ngx_pnalloc(r->pool, len);
     if (dst == NULL) {
         return;
     }
 
-    p = h->value.data;
+    p = in->data;
     last = p + len;
     q = dst;
 
@@ -885,7 +1083,7 @@ ngx_http_civchat_header_text(ngx_http_request_t *r, ngx_table_elt_t *h,
             continue;
         }
 
-        u_char  *s = p;
+        s = p;
 
         if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
             *q++ = '?';
@@ -1155,6 +1353,7 @@ ngx_http_civchat_unprofiled(ngx_http_request_t *r,
 
         case NGX_HTTP_CIVCHAT_INIT:
         case NGX_HTTP_CIVCHAT_PAGE_HIT:
+        case NGX_HTTP_CIVCHAT_PIXEL:
             (void) ngx_atomic_fetch_add(&st->anonymous, 1);
             rc = ngx_http_civchat_add_event(r, ctx, "page_view", NULL, NULL);
             break;
@@ -1175,6 +1374,10 @@ ngx_http_civchat_unprofiled(ngx_http_request_t *r,
         if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+    }
+
+    if (ctx->endpoint == NGX_HTTP_CIVCHAT_PIXEL) {
+        return ngx_http_civchat_send_gif(r);
     }
 
     state = ngx_http_civchat_state_names[ctx->lcf->widget_state];
@@ -1216,6 +1419,10 @@ ngx_http_civchat_answer(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     ngx_uint_t                   i;
     const char                  *state;
     ngx_http_civchat_ignored_t  *ig;
+
+    if (ctx->endpoint == NGX_HTTP_CIVCHAT_PIXEL) {
+        return ngx_http_civchat_answer_pixel(r, ctx);
+    }
 
     answer = json_pack("{s:s%,s:o}",
                        "key", (char *) ctx->user.key.data, ctx->user.key.len,
@@ -1271,6 +1478,18 @@ ngx_http_civchat_answer(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     }
 
     return ngx_http_civchat_send_json(r, NGX_HTTP_OK, buf, len);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_answer_pixel(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx)
+{
+    if (ngx_http_civchat_set_cookie(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_civchat_send_gif(r);
 }
 
 

@@ -85,7 +85,8 @@ static ngx_int_t ngx_http_civchat_copy_index(ngx_http_request_t *r,
 
 #define ngx_http_civchat_visits(ctx)                                       \
     ((ctx)->endpoint == NGX_HTTP_CIVCHAT_INIT                              \
-     || (ctx)->endpoint == NGX_HTTP_CIVCHAT_PAGE_HIT)
+     || (ctx)->endpoint == NGX_HTTP_CIVCHAT_PAGE_HIT                       \
+     || (ctx)->endpoint == NGX_HTTP_CIVCHAT_PIXEL)
 
 #define ngx_http_civchat_takes_attrs(ctx)                                  \
     ((ctx)->endpoint <= NGX_HTTP_CIVCHAT_UPDATE)
@@ -330,6 +331,7 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 
     case NGX_HTTP_CIVCHAT_INIT:
     case NGX_HTTP_CIVCHAT_PAGE_HIT:
+    case NGX_HTTP_CIVCHAT_PIXEL:
         p = ngx_http_civchat_visit(r, ctx, k);
         break;
 
