@@ -104,29 +104,46 @@ typedef struct {
 #define NGX_HTTP_CIVCHAT_BY_EMAIL        'e'
 
 
+/*
+ * A profile is two allocations: this fixed part (256 bytes in the slab,
+ * with its three index entries built in, so it never moves) and a blob
+ * holding the key, user_id, email and attributes, reallocated when one
+ * of them changes.  An alias is an index entry of its own.
+ */
+
 typedef struct {
-    ngx_rbtree_node_t             node;
-    ngx_queue_t                   alias;     /* profile's aliases */
+    ngx_rbtree_node_t             node;      /* key: hash of kind+data */
+    u_char                       *data;
     ngx_http_civchat_profile_t   *profile;
     u_char                        kind;
-    u_char                        len;
-    u_char                        data[1];
+    u_char                        len;       /* 0: not set */
 } ngx_http_civchat_index_t;
+
+
+typedef struct {
+    ngx_http_civchat_index_t      index;
+    ngx_queue_t                   queue;     /* in the profile's aliases */
+    u_char                        data[1];
+} ngx_http_civchat_alias_t;
 
 
 struct ngx_http_civchat_profile_s {
     ngx_queue_t                   lru;
     ngx_queue_t                   aliases;
-    ngx_http_civchat_index_t     *key;
-    ngx_http_civchat_index_t     *user_id;
-    ngx_http_civchat_index_t     *email;
-    time_t                        first_seen;
-    time_t                        last_seen;
-    ngx_uint_t                    page_views;
-    ngx_uint_t                    sessions;
-    size_t                        attrs_len;
-    u_char                       *attrs;     /* JSON object text */
+    ngx_http_civchat_index_t      key;
+    ngx_http_civchat_index_t      user_id;
+    ngx_http_civchat_index_t      email;
+    u_char                       *blob;      /* key user_id email attrs */
+    uint32_t                      attrs_len; /* JSON object text */
+    uint32_t                      first_seen;
+    uint32_t                      last_seen;
+    uint32_t                      page_views;
+    uint32_t                      sessions;
 };
+
+
+#define ngx_http_civchat_profile_attrs(p)                                  \
+    ((p)->blob + (p)->key.len + (p)->user_id.len + (p)->email.len)
 
 
 typedef struct {

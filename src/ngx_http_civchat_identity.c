@@ -470,7 +470,7 @@ ngx_http_civchat_visit(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     if (x != NULL) {
         p = (x == k) ? k : ngx_http_civchat_switch(r, ctx, k, x);
 
-    } else if (k != NULL && k->user_id == NULL) {
+    } else if (k != NULL && k->user_id.len == 0) {
         p = k;
 
         if (ngx_http_civchat_set_identity(r, ctx, p,
@@ -514,7 +514,7 @@ ngx_http_civchat_visit_email(ngx_http_request_t *r,
 
     lcf = ctx->lcf;
 
-    if (k != NULL && ngx_http_civchat_index_is(k->email, &ctx->email)) {
+    if (k != NULL && ngx_http_civchat_index_is(&k->email, &ctx->email)) {
         return k;
     }
 
@@ -529,7 +529,7 @@ ngx_http_civchat_visit_email(ngx_http_request_t *r,
 
     if (x != NULL && lcf->authorize_by_email) {
 
-        if (k != NULL && k->email == NULL && k->user_id == NULL) {
+        if (k != NULL && k->email.len == 0 && k->user_id.len == 0) {
             return (ngx_http_civchat_merge(r, ctx, k, x) == NGX_OK)
                    ? ngx_http_civchat_switch(r, ctx, NULL, x) : NULL;
         }
@@ -546,7 +546,7 @@ ngx_http_civchat_visit_email(ngx_http_request_t *r,
         return (k != NULL) ? k : ngx_http_civchat_create(r, ctx, 1);
     }
 
-    if (k == NULL || k->email == NULL) {
+    if (k == NULL || k->email.len == 0) {
         p = (k != NULL) ? k : ngx_http_civchat_create(r, ctx, 1);
         goto write_email;
     }
@@ -710,10 +710,10 @@ ngx_http_civchat_switch(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         return NULL;
     }
 
-    if (from != NULL && from->key != NULL) {
+    if (from != NULL) {
         json_object_set_new(data, "from",
-                            json_stringn((char *) from->key->data,
-                                         from->key->len));
+                            json_stringn((char *) from->key.data,
+                                         from->key.len));
     }
 
     rc = ngx_http_civchat_add_event(r, ctx, "user_identified", NULL, data);
@@ -762,13 +762,13 @@ ngx_http_civchat_merge(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         }
     }
 
-    name.len = from->key->len;
+    name.len = from->key.len;
     name.data = ngx_pnalloc(r->pool, name.len);
     if (name.data == NULL) {
         goto done;
     }
 
-    ngx_memcpy(name.data, from->key->data, name.len);
+    ngx_memcpy(name.data, from->key.data, name.len);
     json_object_set_new(data, "from", json_stringn((char *) name.data,
                                                    name.len));
 
@@ -797,7 +797,7 @@ ngx_http_civchat_set_identity(ngx_http_request_t *r,
     ngx_int_t                  rc;
     ngx_http_civchat_index_t  *ix;
 
-    ix = (kind == NGX_HTTP_CIVCHAT_BY_USER_ID) ? p->user_id : p->email;
+    ix = (kind == NGX_HTTP_CIVCHAT_BY_USER_ID) ? &p->user_id : &p->email;
 
     if (ngx_http_civchat_index_is(ix, value)) {
         return NGX_OK;
@@ -810,8 +810,7 @@ ngx_http_civchat_set_identity(ngx_http_request_t *r,
         ngx_str_set(&name, "email");
     }
 
-    old = (ix != NULL) ? json_stringn((char *) ix->data, ix->len)
-                       : json_null();
+    old = ix->len ? json_stringn((char *) ix->data, ix->len) : json_null();
 
     data = json_pack("{s:o,s:s%}", "old", old, "new",
                      (char *) value->data, value->len);
@@ -847,7 +846,7 @@ ngx_http_civchat_apply_identity(ngx_http_request_t *r,
     zone = ctx->lcf->zone;
 
     if (ctx->endpoint == NGX_HTTP_CIVCHAT_UPDATE && ctx->user_id.len
-        && !ngx_http_civchat_index_is(p->user_id, &ctx->user_id))
+        && !ngx_http_civchat_index_is(&p->user_id, &ctx->user_id))
     {
         x = ngx_http_civchat_store_find(zone, NGX_HTTP_CIVCHAT_BY_USER_ID,
                                         &ctx->user_id);
@@ -863,7 +862,7 @@ ngx_http_civchat_apply_identity(ngx_http_request_t *r,
     }
 
     if (ctx->email.len == 0
-        || ngx_http_civchat_index_is(p->email, &ctx->email))
+        || ngx_http_civchat_index_is(&p->email, &ctx->email))
     {
         return;
     }
@@ -885,7 +884,7 @@ ngx_http_civchat_apply_identity(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_civchat_index_is(ngx_http_civchat_index_t *ix, ngx_str_t *value)
 {
-    return ix != NULL && ix->len == value->len
+    return ix->len && ix->len == value->len
            && ngx_memcmp(ix->data, value->data, value->len) == 0;
 }
 
@@ -948,7 +947,8 @@ ngx_http_civchat_load_attrs(ngx_http_civchat_profile_t *p)
         return json_object();
     }
 
-    attrs = json_loadb((char *) p->attrs, p->attrs_len, 0, NULL);
+    attrs = json_loadb((char *) ngx_http_civchat_profile_attrs(p),
+                       p->attrs_len, 0, NULL);
 
     if (!json_is_object(attrs)) {
         /* cannot happen: only json_dumps() output is stored */
@@ -1195,7 +1195,7 @@ ngx_http_civchat_save_attrs(ngx_http_request_t *r,
 
         (void) json_dumpb(attrs, (char *) text, len, JSON_COMPACT);
 
-        if (ngx_memcmp(text, p->attrs, len) == 0) {
+        if (ngx_memcmp(text, ngx_http_civchat_profile_attrs(p), len) == 0) {
             return NGX_OK;
         }
 
@@ -1215,7 +1215,7 @@ ngx_http_civchat_save_attrs(ngx_http_request_t *r,
         /* the zone cannot hold these attributes: keep the old ones */
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "civchat: attributes of profile \"%*s\" not saved",
-                      (size_t) p->key->len, p->key->data);
+                      (size_t) p->key.len, p->key.data);
     }
 
     return NGX_OK;
@@ -1231,9 +1231,9 @@ ngx_http_civchat_copy_user(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 
     u = &ctx->user;
 
-    if (ngx_http_civchat_copy_index(r, p->key, &u->key) != NGX_OK
-        || ngx_http_civchat_copy_index(r, p->user_id, &u->user_id) != NGX_OK
-        || ngx_http_civchat_copy_index(r, p->email, &u->email) != NGX_OK)
+    if (ngx_http_civchat_copy_index(r, &p->key, &u->key) != NGX_OK
+        || ngx_http_civchat_copy_index(r, &p->user_id, &u->user_id) != NGX_OK
+        || ngx_http_civchat_copy_index(r, &p->email, &u->email) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -1263,7 +1263,7 @@ static ngx_int_t
 ngx_http_civchat_copy_index(ngx_http_request_t *r,
     ngx_http_civchat_index_t *ix, ngx_str_t *out)
 {
-    if (ix == NULL) {
+    if (ix->len == 0) {
         ngx_str_null(out);
         return NGX_OK;
     }

@@ -76,7 +76,7 @@ ngx_http_civchat_state_string(u_char *p, const char *name,
 {
     p = ngx_sprintf(p, ",\"%s\":", name);
 
-    if (ix == NULL) {
+    if (ix->len == 0) {
         return ngx_cpymem(p, "null", 4);
     }
 
@@ -93,12 +93,12 @@ ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_profile_t *pr)
 {
     ngx_uint_t                 first;
     ngx_queue_t               *a;
-    ngx_http_civchat_index_t  *ix;
+    ngx_http_civchat_alias_t  *alias;
 
-    p = ngx_sprintf(p, "{\"key\":\"%*s\"", (size_t) pr->key->len,
-                    pr->key->data);
-    p = ngx_http_civchat_state_string(p, "user_id", pr->user_id);
-    p = ngx_http_civchat_state_string(p, "email", pr->email);
+    p = ngx_sprintf(p, "{\"key\":\"%*s\"", (size_t) pr->key.len,
+                    pr->key.data);
+    p = ngx_http_civchat_state_string(p, "user_id", &pr->user_id);
+    p = ngx_http_civchat_state_string(p, "email", &pr->email);
 
     p = ngx_cpymem(p, ",\"aliases\":[", sizeof(",\"aliases\":[") - 1);
     first = 1;
@@ -107,19 +107,19 @@ ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_profile_t *pr)
          a != ngx_queue_sentinel(&pr->aliases);
          a = ngx_queue_next(a))
     {
-        ix = ngx_queue_data(a, ngx_http_civchat_index_t, alias);
-        p = ngx_sprintf(p, "%s\"%*s\"", first ? "" : ",", (size_t) ix->len,
-                        ix->data);
+        alias = ngx_queue_data(a, ngx_http_civchat_alias_t, queue);
+        p = ngx_sprintf(p, "%s\"%*s\"", first ? "" : ",",
+                        (size_t) alias->index.len, alias->index.data);
         first = 0;
     }
 
     p = ngx_sprintf(p, "],\"first_seen\":%T,\"last_seen\":%T,"
                     "\"page_views\":%ui,\"sessions\":%ui,\"attrs\":",
-                    pr->first_seen, pr->last_seen, pr->page_views,
-                    pr->sessions);
+                    (time_t) pr->first_seen, (time_t) pr->last_seen,
+                    (ngx_uint_t) pr->page_views, (ngx_uint_t) pr->sessions);
 
     if (pr->attrs_len) {
-        p = ngx_cpymem(p, pr->attrs, pr->attrs_len);
+        p = ngx_cpymem(p, ngx_http_civchat_profile_attrs(pr), pr->attrs_len);
 
     } else {
         p = ngx_cpymem(p, "{}", 2);

@@ -33,12 +33,15 @@ static ngx_int_t ngx_http_civchat_index_cmp(ngx_http_civchat_index_t *a,
 static void *ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone,
     size_t size);
 static ngx_int_t ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone);
-static ngx_http_civchat_index_t *ngx_http_civchat_index_new(
-    ngx_http_civchat_zone_t *zone, ngx_http_civchat_profile_t *p,
-    u_char kind, ngx_str_t *value);
-static void ngx_http_civchat_index_free(ngx_http_civchat_zone_t *zone,
+static void ngx_http_civchat_index_insert(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_index_t *ix);
-
+static ngx_int_t ngx_http_civchat_rebuild(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *user_id, ngx_str_t *email,
+    u_char *attrs, size_t attrs_len);
+static void ngx_http_civchat_relink(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_index_t *ix, u_char *data, ngx_str_t *value);
+static ngx_int_t ngx_http_civchat_alias_new(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, u_char *data, size_t len);
 
 char *
 ngx_http_civchat_zone_add(ngx_conf_t *cf, ngx_http_civchat_zone_t *zone,
@@ -323,41 +326,12 @@ ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone)
 }
 
 
-static ngx_http_civchat_index_t *
-ngx_http_civchat_index_new(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *p, u_char kind, ngx_str_t *value)
-{
-    ngx_http_civchat_index_t  *ix;
-
-    if (value->len == 0 || value->len > 255) {
-        return NULL;
-    }
-
-    ix = ngx_http_civchat_alloc(zone,
-                 offsetof(ngx_http_civchat_index_t, data) + value->len);
-    if (ix == NULL) {
-        return NULL;
-    }
-
-    ix->profile = p;
-    ix->kind = kind;
-    ix->len = (u_char) value->len;
-    ngx_memcpy(ix->data, value->data, value->len);
-    ngx_queue_init(&ix->alias);
-
-    ix->node.key = ngx_http_civchat_hash(kind, value->data, value->len);
-    ngx_rbtree_insert(&zone->sh->rbtree, &ix->node);
-
-    return ix;
-}
-
-
 static void
-ngx_http_civchat_index_free(ngx_http_civchat_zone_t *zone,
+ngx_http_civchat_index_insert(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_index_t *ix)
 {
-    ngx_rbtree_delete(&zone->sh->rbtree, &ix->node);
-    ngx_slab_free_locked(zone->shpool, ix);
+    ix->node.key = ngx_http_civchat_hash(ix->kind, ix->data, ix->len);
+    ngx_rbtree_insert(&zone->sh->rbtree, &ix->node);
 }
 
 
@@ -366,6 +340,10 @@ ngx_http_civchat_store_create(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
     time_t now)
 {
     ngx_http_civchat_profile_t  *p;
+
+    if (key->len == 0 || key->len > NGX_HTTP_CIVCHAT_KEY_MAX) {
+        return NULL;
+    }
 
     p = ngx_http_civchat_alloc(zone, sizeof(ngx_http_civchat_profile_t));
     if (p == NULL) {
@@ -376,18 +354,30 @@ ngx_http_civchat_store_create(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
     ngx_queue_init(&p->aliases);
     ngx_queue_insert_head(&zone->sh->lru, &p->lru);
 
-    /* the new profile must survive the allocation of its own key */
+    /* the new profile must survive the allocation of its own blob */
     ngx_http_civchat_store_pin(zone, p);
 
-    p->key = ngx_http_civchat_index_new(zone, p, NGX_HTTP_CIVCHAT_BY_KEY,
-                                        key);
-    if (p->key == NULL) {
+    p->blob = ngx_http_civchat_alloc(zone, key->len);
+    if (p->blob == NULL) {
         ngx_queue_remove(&p->lru);
         ngx_slab_free_locked(zone->shpool, p);
         return NULL;
     }
 
-    p->first_seen = now;
+    ngx_memcpy(p->blob, key->data, key->len);
+
+    p->key.kind = NGX_HTTP_CIVCHAT_BY_KEY;
+    p->key.profile = p;
+    p->key.data = p->blob;
+    p->key.len = (u_char) key->len;
+    ngx_http_civchat_index_insert(zone, &p->key);
+
+    p->user_id.kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
+    p->user_id.profile = p;
+    p->email.kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
+    p->email.profile = p;
+
+    p->first_seen = (uint32_t) now;
     zone->sh->profiles++;
     zone->sh->changes++;
 
@@ -399,46 +389,27 @@ ngx_int_t
 ngx_http_civchat_store_set_index(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p, u_char kind, ngx_str_t *value)
 {
-    ngx_http_civchat_index_t  **slot, *ix;
+    ngx_str_t   user_id, email, none;
 
-    slot = (kind == NGX_HTTP_CIVCHAT_BY_USER_ID) ? &p->user_id : &p->email;
+    ngx_str_null(&none);
 
-    if (value != NULL && value->len) {
-        ix = ngx_http_civchat_index_new(zone, p, kind, value);
-        if (ix == NULL) {
-            return NGX_ERROR;
-        }
-
-    } else {
-        ix = NULL;
+    if (value == NULL) {
+        value = &none;
     }
 
-    if (*slot) {
-        ngx_http_civchat_index_free(zone, *slot);
-    }
-
-    *slot = ix;
-    zone->sh->changes++;
-
-    return NGX_OK;
-}
-
-
-ngx_int_t
-ngx_http_civchat_store_add_alias(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *p, ngx_str_t *key)
-{
-    ngx_http_civchat_index_t  *ix;
-
-    ix = ngx_http_civchat_index_new(zone, p, NGX_HTTP_CIVCHAT_BY_KEY, key);
-    if (ix == NULL) {
+    if (value->len > 255) {
         return NGX_ERROR;
     }
 
-    ngx_queue_insert_tail(&p->aliases, &ix->alias);
-    zone->sh->changes++;
+    user_id.data = p->user_id.data;
+    user_id.len = p->user_id.len;
+    email.data = p->email.data;
+    email.len = p->email.len;
 
-    return NGX_OK;
+    return ngx_http_civchat_rebuild(zone, p,
+                       (kind == NGX_HTTP_CIVCHAT_BY_USER_ID) ? value : &user_id,
+                       (kind == NGX_HTTP_CIVCHAT_BY_EMAIL) ? value : &email,
+                       ngx_http_civchat_profile_attrs(p), p->attrs_len);
 }
 
 
@@ -446,25 +417,124 @@ ngx_int_t
 ngx_http_civchat_store_set_attrs(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p, u_char *text, size_t len)
 {
-    u_char  *copy;
+    ngx_str_t  user_id, email;
 
-    copy = NULL;
+    user_id.data = p->user_id.data;
+    user_id.len = p->user_id.len;
+    email.data = p->email.data;
+    email.len = p->email.len;
 
-    if (len) {
-        copy = ngx_http_civchat_alloc(zone, len);
-        if (copy == NULL) {
-            return NGX_ERROR;
-        }
+    return ngx_http_civchat_rebuild(zone, p, &user_id, &email, text, len);
+}
 
-        ngx_memcpy(copy, text, len);
+
+/*
+ * A new blob: the key, then the given user_id, email and attributes
+ * (any of which may point into the old blob, freed only at the end).
+ */
+
+static ngx_int_t
+ngx_http_civchat_rebuild(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *user_id, ngx_str_t *email,
+    u_char *attrs, size_t attrs_len)
+{
+    u_char  *blob, *q, *old;
+
+    blob = ngx_http_civchat_alloc(zone, p->key.len + user_id->len
+                                        + email->len + attrs_len);
+    if (blob == NULL) {
+        return NGX_ERROR;
     }
 
-    if (p->attrs) {
-        ngx_slab_free_locked(zone->shpool, p->attrs);
+    q = ngx_cpymem(blob, p->key.data, p->key.len);
+
+    ngx_http_civchat_relink(zone, &p->key, blob, NULL);
+
+    ngx_memcpy(q, user_id->data, user_id->len);
+    ngx_http_civchat_relink(zone, &p->user_id, q, user_id);
+    q += user_id->len;
+
+    ngx_memcpy(q, email->data, email->len);
+    ngx_http_civchat_relink(zone, &p->email, q, email);
+    q += email->len;
+
+    ngx_memcpy(q, attrs, attrs_len);
+    p->attrs_len = (uint32_t) attrs_len;
+
+    old = p->blob;
+    p->blob = blob;
+    ngx_slab_free_locked(zone->shpool, old);
+
+    zone->sh->changes++;
+
+    return NGX_OK;
+}
+
+
+/*
+ * An index entry follows its string into the new blob; if the string
+ * itself changes, the entry moves in the tree (or leaves it, or joins).
+ */
+
+static void
+ngx_http_civchat_relink(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_index_t *ix, u_char *data, ngx_str_t *value)
+{
+    if (value == NULL
+        || (value->len == ix->len
+            && ngx_memcmp(value->data, ix->data, ix->len) == 0))
+    {
+        /* same content, same place in the tree */
+        ix->data = data;
+        return;
     }
 
-    p->attrs = copy;
-    p->attrs_len = len;
+    if (ix->len) {
+        ngx_rbtree_delete(&zone->sh->rbtree, &ix->node);
+    }
+
+    ix->data = data;
+    ix->len = (u_char) value->len;
+
+    if (ix->len) {
+        ngx_http_civchat_index_insert(zone, ix);
+    }
+}
+
+
+ngx_int_t
+ngx_http_civchat_store_add_alias(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *key)
+{
+    if (key->len == 0 || key->len > NGX_HTTP_CIVCHAT_KEY_MAX) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_civchat_alias_new(zone, p, key->data, key->len);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_alias_new(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, u_char *data, size_t len)
+{
+    ngx_http_civchat_alias_t  *a;
+
+    a = ngx_http_civchat_alloc(zone,
+                       offsetof(ngx_http_civchat_alias_t, data) + len);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(a->data, data, len);
+
+    a->index.kind = NGX_HTTP_CIVCHAT_BY_KEY;
+    a->index.profile = p;
+    a->index.data = a->data;
+    a->index.len = (u_char) len;
+    ngx_http_civchat_index_insert(zone, &a->index);
+
+    ngx_queue_insert_tail(&p->aliases, &a->queue);
     zone->sh->changes++;
 
     return NGX_OK;
@@ -482,19 +552,23 @@ ngx_http_civchat_store_merge(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *from, ngx_http_civchat_profile_t *into)
 {
     ngx_queue_t               *q;
-    ngx_http_civchat_index_t  *ix;
+    ngx_http_civchat_alias_t  *a;
 
-    ix = from->key;
-    from->key = NULL;
-    ix->profile = into;
-    ngx_queue_insert_tail(&into->aliases, &ix->alias);
+    if (ngx_http_civchat_alias_new(zone, into, from->key.data, from->key.len)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "civchat zone \"%V\" cannot keep the merged key "
+                      "\"%*s\" as an alias", &zone->name,
+                      (size_t) from->key.len, from->key.data);
+    }
 
     while (!ngx_queue_empty(&from->aliases)) {
         q = ngx_queue_head(&from->aliases);
         ngx_queue_remove(q);
 
-        ix = ngx_queue_data(q, ngx_http_civchat_index_t, alias);
-        ix->profile = into;
+        a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
+        a->index.profile = into;
         ngx_queue_insert_tail(&into->aliases, q);
     }
 
@@ -518,31 +592,28 @@ ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p)
 {
     ngx_queue_t               *q;
-    ngx_http_civchat_index_t  *ix;
+    ngx_http_civchat_alias_t  *a;
 
     while (!ngx_queue_empty(&p->aliases)) {
         q = ngx_queue_head(&p->aliases);
         ngx_queue_remove(q);
 
-        ix = ngx_queue_data(q, ngx_http_civchat_index_t, alias);
-        ngx_http_civchat_index_free(zone, ix);
+        a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
+        ngx_rbtree_delete(&zone->sh->rbtree, &a->index.node);
+        ngx_slab_free_locked(zone->shpool, a);
     }
 
-    if (p->key) {
-        ngx_http_civchat_index_free(zone, p->key);
+    ngx_rbtree_delete(&zone->sh->rbtree, &p->key.node);
+
+    if (p->user_id.len) {
+        ngx_rbtree_delete(&zone->sh->rbtree, &p->user_id.node);
     }
 
-    if (p->user_id) {
-        ngx_http_civchat_index_free(zone, p->user_id);
+    if (p->email.len) {
+        ngx_rbtree_delete(&zone->sh->rbtree, &p->email.node);
     }
 
-    if (p->email) {
-        ngx_http_civchat_index_free(zone, p->email);
-    }
-
-    if (p->attrs) {
-        ngx_slab_free_locked(zone->shpool, p->attrs);
-    }
+    ngx_slab_free_locked(zone->shpool, p->blob);
 
     ngx_queue_remove(&p->lru);
     ngx_slab_free_locked(zone->shpool, p);

@@ -179,18 +179,17 @@ ngx_http_civchat_variable_user(ngx_http_request_t *r,
                                      &ctx->key);
 
     if (pr != NULL) {
-        p = ngx_pnalloc(r->pool, pr->key->len
-                                 + (pr->user_id ? pr->user_id->len : 0));
+        p = ngx_pnalloc(r->pool, pr->key.len + pr->user_id.len);
         if (p != NULL) {
             /* an alias shows the profile's own key */
             ctx->user.key.data = p;
-            ctx->user.key.len = pr->key->len;
-            p = ngx_cpymem(p, pr->key->data, pr->key->len);
+            ctx->user.key.len = pr->key.len;
+            p = ngx_cpymem(p, pr->key.data, pr->key.len);
 
-            if (pr->user_id) {
+            if (pr->user_id.len) {
                 ctx->user.user_id.data = p;
-                ctx->user.user_id.len = pr->user_id->len;
-                ngx_memcpy(p, pr->user_id->data, pr->user_id->len);
+                ctx->user.user_id.len = pr->user_id.len;
+                ngx_memcpy(p, pr->user_id.data, pr->user_id.len);
             }
         }
     }
