@@ -139,7 +139,21 @@ struct ngx_http_civchat_profile_s {
     uint32_t                      last_seen;
     uint32_t                      page_views;
     uint32_t                      sessions;
+    uint32_t                      user_agent; /* ua_t, from the pool */
 };
+
+
+/*
+ * User-Agent strings, shared: most visitors send one of a few hundred,
+ * and a profile keeps only a reference to it.
+ */
+
+typedef struct {
+    ngx_rbtree_node_t             node;      /* key: crc32 of the text */
+    uint32_t                      refs;
+    uint16_t                      len;
+    u_char                        data[1];
+} ngx_http_civchat_ua_t;
 
 
 #define ngx_http_civchat_profile_attrs(p)                                  \
@@ -150,6 +164,8 @@ typedef struct {
     ngx_rbtree_t                  rbtree;
     ngx_rbtree_node_t             sentinel;
     ngx_queue_t                   lru;
+    ngx_rbtree_t                  ua_tree;
+    ngx_rbtree_node_t             ua_sentinel;
     ngx_uint_t                    profiles;
     ngx_uint_t                    evictions;
     ngx_uint_t                    changes;   /* bumped on every write */
@@ -333,6 +349,10 @@ void ngx_http_civchat_store_touch(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p);
 void ngx_http_civchat_store_pin(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p);
+ngx_int_t ngx_http_civchat_store_set_ua(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *ua);
+void ngx_http_civchat_store_ua(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *ua);
 
 /* sink.c */
 ngx_http_civchat_sink_t *ngx_http_civchat_sink_create(ngx_conf_t *cf,

@@ -368,8 +368,7 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     if (ngx_http_civchat_visits(ctx)) {
         ngx_http_civchat_page_view(ctx, p);
         ngx_http_civchat_set_automatic(attrs, "last_ip", &ctx->ip);
-        ngx_http_civchat_set_automatic(attrs, "user_agent",
-                                       &ctx->user_agent);
+        (void) ngx_http_civchat_store_set_ua(zone, p, &ctx->user_agent);
         ngx_http_civchat_set_automatic(attrs, "browser_language",
                                        &ctx->language);
         ngx_http_civchat_fill_geo(attrs, &ctx->geo);

@@ -25,7 +25,7 @@
 
 static size_t ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone);
 static u_char *ngx_http_civchat_state_profile(u_char *p,
-    ngx_http_civchat_profile_t *pr);
+    ngx_http_civchat_zone_t *zone, ngx_http_civchat_profile_t *pr);
 static u_char *ngx_http_civchat_state_string(u_char *p, const char *name,
     ngx_http_civchat_index_t *ix);
 static ngx_int_t ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,
@@ -41,6 +41,7 @@ static size_t
 ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone)
 {
     size_t                       size;
+    ngx_str_t                    ua;
     ngx_queue_t                 *q, *a;
     ngx_http_civchat_profile_t  *pr;
 
@@ -56,7 +57,11 @@ ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone)
         size += sizeof("{\"key\":\"\",\"user_id\":\"\",\"email\":\"\","
                        "\"aliases\":[],\"first_seen\":,\"last_seen\":,"
                        "\"page_views\":,\"sessions\":,\"attrs\":}\n")
-                + 4 * NGX_INT_T_LEN + 3 * 6 * 255 + pr->attrs_len + 2;
+                + 4 * NGX_INT_T_LEN + 3 * 6 * 255 + pr->attrs_len + 2
+                + sizeof(",\"user_agent\":\"\"");
+
+        ngx_http_civchat_store_ua(zone, pr, &ua);
+        size += 6 * ua.len;
 
         for (a = ngx_queue_head(&pr->aliases);
              a != ngx_queue_sentinel(&pr->aliases);
@@ -89,8 +94,10 @@ ngx_http_civchat_state_string(u_char *p, const char *name,
 
 
 static u_char *
-ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_profile_t *pr)
+ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *pr)
 {
+    ngx_str_t                  ua;
     ngx_uint_t                 first;
     ngx_queue_t               *a;
     ngx_http_civchat_alias_t  *alias;
@@ -118,14 +125,25 @@ ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_profile_t *pr)
                     (time_t) pr->first_seen, (time_t) pr->last_seen,
                     (ngx_uint_t) pr->page_views, (ngx_uint_t) pr->sessions);
 
-    if (pr->attrs_len) {
-        p = ngx_cpymem(p, ngx_http_civchat_profile_attrs(pr), pr->attrs_len);
+    if (pr->attrs_len > 2) {
+        p = ngx_cpymem(p, ngx_http_civchat_profile_attrs(pr),
+                       pr->attrs_len - 1);
 
     } else {
-        p = ngx_cpymem(p, "{}", 2);
+        *p++ = '{';
     }
 
-    return ngx_cpymem(p, "}\n", 2);
+    /* the shared User-Agent goes back among the attributes */
+    ngx_http_civchat_store_ua(zone, pr, &ua);
+
+    if (ua.len) {
+        p = ngx_sprintf(p, "%s\"user_agent\":\"",
+                        (pr->attrs_len > 2) ? "," : "");
+        p = (u_char *) ngx_escape_json(p, ua.data, ua.len);
+        *p++ = '"';
+    }
+
+    return ngx_cpymem(p, "}}\n", 3);
 }
 
 
@@ -166,7 +184,7 @@ ngx_http_civchat_state_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
          q = ngx_queue_prev(q))
     {
         pr = ngx_queue_data(q, ngx_http_civchat_profile_t, lru);
-        p = ngx_http_civchat_state_profile(p, pr);
+        p = ngx_http_civchat_state_profile(p, zone, pr);
     }
 
     changes = zone->sh->changes;
@@ -326,7 +344,7 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
 {
     char                        *text;
     size_t                       i;
-    json_t                      *j, *v;
+    json_t                      *j, *v, *ua;
     ngx_str_t                    key;
     ngx_int_t                    rc;
     ngx_http_civchat_profile_t  *pr;
@@ -388,6 +406,16 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
     }
 
     v = json_object_get(j, "attrs");
+
+    ua = json_object_get(v, "user_agent");
+
+    if (json_is_string(ua)) {
+        key.data = (u_char *) json_string_value(ua);
+        key.len = json_string_length(ua);
+
+        (void) ngx_http_civchat_store_set_ua(zone, pr, &key);
+        json_object_del(v, "user_agent");
+    }
 
     if (json_is_object(v) && json_object_size(v)) {
         text = json_dumps(v, JSON_COMPACT);

@@ -42,6 +42,8 @@ static void ngx_http_civchat_relink(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_index_t *ix, u_char *data, ngx_str_t *value);
 static ngx_int_t ngx_http_civchat_alias_new(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p, u_char *data, size_t len);
+static void ngx_http_civchat_ua_release(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p);
 
 char *
 ngx_http_civchat_zone_add(ngx_conf_t *cf, ngx_http_civchat_zone_t *zone,
@@ -105,6 +107,8 @@ ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
                     ngx_http_civchat_rbtree_insert);
+    ngx_rbtree_init(&zone->sh->ua_tree, &zone->sh->ua_sentinel,
+                    ngx_rbtree_insert_value);
     ngx_queue_init(&zone->sh->lru);
 
     len = sizeof(" in civchat zone \"\"") + shm_zone->shm.name.len;
@@ -614,6 +618,7 @@ ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
     }
 
     ngx_slab_free_locked(zone->shpool, p->blob);
+    ngx_http_civchat_ua_release(zone, p);
 
     ngx_queue_remove(&p->lru);
     ngx_slab_free_locked(zone->shpool, p);
@@ -655,4 +660,113 @@ ngx_http_civchat_store_pin(ngx_http_civchat_zone_t *zone,
     ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                   "civchat zone \"%V\": too many pinned profiles",
                   &zone->name);
+}
+
+
+ngx_int_t
+ngx_http_civchat_store_set_ua(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *ua)
+{
+    uint32_t                hash;
+    ngx_rbtree_node_t      *node, *sentinel;
+    ngx_http_civchat_ua_t  *u;
+
+    if (ua->len == 0 || ua->len > 0xffff) {
+        return NGX_OK;
+    }
+
+    hash = ngx_crc32_short(ua->data, ua->len);
+
+    if (p->user_agent) {
+        u = (ngx_http_civchat_ua_t *) ((u_char *) zone->shpool
+                                       + p->user_agent);
+
+        if (u->node.key == hash && u->len == ua->len
+            && ngx_memcmp(u->data, ua->data, ua->len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    node = zone->sh->ua_tree.root;
+    sentinel = zone->sh->ua_tree.sentinel;
+    u = NULL;
+
+    while (node != sentinel) {
+        u = (ngx_http_civchat_ua_t *) node;
+
+        if (hash == node->key && u->len == ua->len
+            && ngx_memcmp(u->data, ua->data, ua->len) == 0)
+        {
+            break;
+        }
+
+        /*
+         * equal hashes were inserted to the right; after rotations a
+         * crc32 collision may be missed, which only costs a second entry
+         */
+        node = (hash < node->key) ? node->left : node->right;
+        u = NULL;
+    }
+
+    if (u == NULL) {
+        u = ngx_http_civchat_alloc(zone,
+                         offsetof(ngx_http_civchat_ua_t, data) + ua->len);
+        if (u == NULL) {
+            return NGX_ERROR;
+        }
+
+        u->node.key = hash;
+        u->refs = 0;
+        u->len = (uint16_t) ua->len;
+        ngx_memcpy(u->data, ua->data, ua->len);
+
+        ngx_rbtree_insert(&zone->sh->ua_tree, &u->node);
+    }
+
+    u->refs++;
+
+    ngx_http_civchat_ua_release(zone, p);
+    p->user_agent = (uint32_t) ((u_char *) u - (u_char *) zone->shpool);
+    zone->sh->changes++;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_civchat_store_ua(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *ua)
+{
+    ngx_http_civchat_ua_t  *u;
+
+    if (p->user_agent == 0) {
+        ngx_str_null(ua);
+        return;
+    }
+
+    u = (ngx_http_civchat_ua_t *) ((u_char *) zone->shpool + p->user_agent);
+
+    ua->data = u->data;
+    ua->len = u->len;
+}
+
+
+static void
+ngx_http_civchat_ua_release(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p)
+{
+    ngx_http_civchat_ua_t  *u;
+
+    if (p->user_agent == 0) {
+        return;
+    }
+
+    u = (ngx_http_civchat_ua_t *) ((u_char *) zone->shpool + p->user_agent);
+    p->user_agent = 0;
+
+    if (--u->refs == 0) {
+        ngx_rbtree_delete(&zone->sh->ua_tree, &u->node);
+        ngx_slab_free_locked(zone->shpool, u);
+    }
 }
