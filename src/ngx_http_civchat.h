@@ -46,6 +46,12 @@
 #define NGX_HTTP_CIVCHAT_PRODUCT_EVENT   6
 #define NGX_HTTP_CIVCHAT_PIXEL           7
 
+/* server API operations */
+#define NGX_HTTP_CIVCHAT_API_READ        1
+#define NGX_HTTP_CIVCHAT_API_UPSERT      2
+#define NGX_HTTP_CIVCHAT_API_UPDATE      3
+#define NGX_HTTP_CIVCHAT_API_DELETE      4
+
 
 typedef struct ngx_http_civchat_zone_s   ngx_http_civchat_zone_t;
 typedef struct ngx_http_civchat_sink_s   ngx_http_civchat_sink_t;
@@ -68,7 +74,7 @@ typedef struct {
 
 #define NGX_HTTP_CIVCHAT_ENDPOINTS     10     /* status.c's names */
 #define NGX_HTTP_CIVCHAT_STATUSES      12
-#define NGX_HTTP_CIVCHAT_EVENT_TYPES   10
+#define NGX_HTTP_CIVCHAT_EVENT_TYPES   12
 #define NGX_HTTP_CIVCHAT_MAX_STORES    32
 #define NGX_HTTP_CIVCHAT_WIDGET        100
 
@@ -204,6 +210,9 @@ typedef struct {
 
 typedef struct {
     ngx_flag_t                    enable;
+    ngx_flag_t                    api;            /* civchat_api */
+    ngx_str_t                     api_token;
+    ngx_str_t                     api_site;       /* "site" of its events */
     ngx_http_civchat_zone_t      *zone;
     ngx_array_t                  *api_keys;       /* ngx_str_t */
     ngx_http_civchat_sink_t      *sink;           /* NULL: store off */
@@ -297,6 +306,7 @@ typedef struct {
     ngx_str_t                     state;          /* widget look asked for */
     ngx_int_t                     answer_rc;      /* of an error answer */
     unsigned                      answered:1;
+    unsigned                      api:1;          /* the server API */
     unsigned                      resolved:1;     /* user is filled */
     unsigned                      geo_done:1;
     unsigned                      anonymous:1;    /* Sec-GPC or DNT */
@@ -313,6 +323,13 @@ extern ngx_module_t  ngx_http_civchat_module;
 ngx_int_t ngx_http_civchat_handler(ngx_http_request_t *r);
 ngx_uint_t ngx_http_civchat_endpoint(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
+ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body);
+ngx_int_t ngx_http_civchat_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, u_char *data, size_t len);
+ngx_int_t ngx_http_civchat_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *fmt, ...);
+ngx_int_t ngx_http_civchat_add_header(ngx_http_request_t *r,
+    const char *key, ngx_str_t *value);
 
 /* identity.c */
 ngx_int_t ngx_http_civchat_random(ngx_http_request_t *r, u_char *buf,
@@ -325,6 +342,9 @@ ngx_int_t ngx_http_civchat_set_cookie(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 ngx_int_t ngx_http_civchat_resolve(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+ngx_int_t ngx_http_civchat_api_profile(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op,
+    json_t **out);
 
 /* store.c */
 char *ngx_http_civchat_zone_add(ngx_conf_t *cf,
@@ -441,6 +461,9 @@ ngx_http_civchat_counters_t *ngx_http_civchat_store_counters(
     ngx_cycle_t *cycle, ngx_uint_t index);
 char *ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+
+/* api.c */
+char *ngx_http_civchat_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,

@@ -102,6 +102,7 @@ static ngx_int_t ngx_http_civchat_parse_real(u_char *p, size_t len,
     double *d);
 static ngx_int_t ngx_http_civchat_number_text(json_t *value, u_char *buf,
     size_t *len);
+static u_char *ngx_http_civchat_integer_text(u_char *buf, json_int_t n);
 static size_t ngx_http_civchat_real_text(double d, u_char *buf);
 static ngx_int_t ngx_http_civchat_enum(json_t *value,
     const ngx_http_civchat_word_t *words, ngx_int_t max);
@@ -1009,7 +1010,7 @@ static ngx_int_t
 ngx_http_civchat_number_text(json_t *value, u_char *buf, size_t *len)
 {
     if (json_is_integer(value)) {
-        *len = ngx_sprintf(buf, "%L", (int64_t) json_integer_value(value))
+        *len = ngx_http_civchat_integer_text(buf, json_integer_value(value))
                - buf;
         return NGX_OK;
     }
@@ -1020,6 +1021,23 @@ ngx_http_civchat_number_text(json_t *value, u_char *buf, size_t *len)
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * ngx_sprintf("%L") negates a negative number as a signed one, which
+ * overflows for the smallest one
+ */
+
+static u_char *
+ngx_http_civchat_integer_text(u_char *buf, json_int_t n)
+{
+    if (n < 0) {
+        *buf++ = '-';
+        return ngx_sprintf(buf, "%uL", (uint64_t) 0 - (uint64_t) n);
+    }
+
+    return ngx_sprintf(buf, "%uL", (uint64_t) n);
 }
 
 
@@ -1907,6 +1925,13 @@ ngx_http_civchat_to_multi(ngx_http_civchat_loc_conf_t *lcf, json_t *value,
             return NULL;
         }
 
+        /* stored as an array of one, within the limit as any array */
+
+        if (lcf->max_array_items == 0) {
+            *reason = "too_many_items";
+            return NULL;
+        }
+
         s = ngx_http_civchat_scalar_string(lcf, value, reason);
         if (s == NULL) {
             return NULL;
@@ -2109,7 +2134,7 @@ ngx_http_civchat_user_id(ngx_pool_t *pool, json_t *value, ngx_str_t *out,
         }
 
         p = buf;
-        len = ngx_sprintf(buf, "%L", (int64_t) n) - buf;
+        len = ngx_http_civchat_integer_text(buf, n) - buf;
         break;
 
     case JSON_STRING:

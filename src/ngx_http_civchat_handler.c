@@ -33,8 +33,6 @@ static ngx_int_t ngx_http_civchat_origin(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *origin);
 static ngx_int_t ngx_http_civchat_preflight(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
-static ngx_int_t ngx_http_civchat_add_header(ngx_http_request_t *r,
-    const char *key, ngx_str_t *value);
 static ngx_int_t ngx_http_civchat_media_type(ngx_http_request_t *r);
 static ngx_int_t ngx_http_civchat_reject(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *detail);
@@ -51,8 +49,6 @@ static ngx_int_t ngx_http_civchat_pixel(ngx_http_request_t *r,
 static ngx_int_t ngx_http_civchat_pixel_arg(ngx_http_request_t *r,
     json_t *body, const char *name, const char *arg);
 static ngx_int_t ngx_http_civchat_send_gif(ngx_http_request_t *r);
-static ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r,
-    ngx_str_t *body);
 static ngx_int_t ngx_http_civchat_parse(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
 static void ngx_http_civchat_json_cleanup(void *data);
@@ -81,10 +77,6 @@ static ngx_int_t ngx_http_civchat_answer_pixel(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static json_t *ngx_http_civchat_user_json(ngx_http_civchat_user_t *u);
 static json_t *ngx_http_civchat_string_or_null(ngx_str_t *s);
-static ngx_int_t ngx_http_civchat_send_json(ngx_http_request_t *r,
-    ngx_uint_t status, u_char *data, size_t len);
-static ngx_int_t ngx_http_civchat_error(ngx_http_request_t *r,
-    ngx_uint_t status, const char *code, const char *fmt, ...);
 
 
 static ngx_http_civchat_endpoint_t  ngx_http_civchat_endpoints[] = {
@@ -607,7 +599,7 @@ ngx_http_civchat_preflight(ngx_http_request_t *r,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_civchat_add_header(ngx_http_request_t *r, const char *key,
     ngx_str_t *value)
 {
@@ -834,7 +826,7 @@ ngx_http_civchat_process_parsed(ngx_http_request_t *r,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body)
 {
     u_char       *p;
@@ -1519,7 +1511,7 @@ ngx_http_civchat_string_or_null(ngx_str_t *s)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_civchat_send_json(ngx_http_request_t *r, ngx_uint_t status,
     u_char *data, size_t len)
 {
@@ -1564,7 +1556,7 @@ ngx_http_civchat_send_json(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_civchat_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *fmt, ...)
 {

@@ -62,6 +62,10 @@ static ngx_int_t ngx_http_civchat_apply_attrs(ngx_http_request_t *r,
 static ngx_int_t ngx_http_civchat_apply_one(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, json_t *attrs, const char *raw,
     json_t *value, ngx_uint_t *count);
+static ngx_int_t ngx_http_civchat_remove(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, json_t *attrs, const char *raw);
+static json_t *ngx_http_civchat_profile_json(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, json_t *attrs);
 static ngx_int_t ngx_http_civchat_change(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, json_t *attrs, ngx_str_t *name,
     json_t *value);
@@ -994,12 +998,17 @@ ngx_http_civchat_apply_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     rname.len = ngx_strlen(raw);
 
     if (ngx_http_civchat_reserved(&rname)
-        || ngx_strcmp(raw, "user_id") == 0 || ngx_strcmp(raw, "email") == 0
-        || json_is_null(value)
+        || ngx_strcmp(raw, "user_id") == 0 || ngx_strcmp(raw, "email") == 0)
+    {
+        /* not attributes */
+        return NGX_OK;
+    }
+
+    if (json_is_null(value)
         || (json_is_string(value) && json_string_length(value) == 0))
     {
-        /* not attributes, or "not given" */
-        return NGX_OK;
+        /* "not given" in the browser; the server API removes with it */
+        return ctx->api ? ngx_http_civchat_remove(r, ctx, attrs, raw) : NGX_OK;
     }
 
     if (ngx_strcmp(raw, "state") == 0
@@ -1058,6 +1067,48 @@ ngx_http_civchat_apply_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     json_decref(v);
 
     return rc;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_remove(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
+    json_t *attrs, const char *raw)
+{
+    json_t      *old, *data;
+    ngx_int_t    rc;
+    ngx_str_t    name;
+    const char  *reason;
+
+    rc = ngx_http_civchat_normalize_name(r->pool, (u_char *) raw,
+                                         ngx_strlen(raw), &name, &reason);
+    if (rc != NGX_OK) {
+        return (rc == NGX_ERROR) ? NGX_ERROR
+               : ngx_http_civchat_ignore(r, ctx, raw, ngx_strlen(raw),
+                                         reason);
+    }
+
+    old = json_object_getn(attrs, (char *) name.data, name.len);
+    if (old == NULL) {
+        return NGX_OK;
+    }
+
+    data = json_pack("{s:O,s:n}", "old", old, "new");
+    if (data == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_civchat_add_event(r, ctx, "profile_updated", &name, data);
+
+    json_decref(data);
+
+    if (rc != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    json_object_deln(attrs, (char *) name.data, name.len);
+    ctx->changed = 1;
+
+    return NGX_OK;
 }
 
 
@@ -1276,4 +1327,165 @@ ngx_http_civchat_copy_index(ngx_http_request_t *r,
     ngx_memcpy(out->data, ix->data, ix->len);
 
     return NGX_OK;
+}
+
+
+/*
+ * The server API (api.c): read, create-or-update, update or delete the
+ * profile a key, user_id or email names, all under one hold of the lock.
+ * NGX_DECLINED: no such profile.  *out gets the profile as JSON.
+ */
+
+ngx_int_t
+ngx_http_civchat_api_profile(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op,
+    json_t **out)
+{
+    json_t                      *attrs;
+    ngx_int_t                    rc;
+    ngx_http_civchat_zone_t     *zone;
+    ngx_http_civchat_profile_t  *p;
+
+    zone = ctx->lcf->zone;
+    attrs = NULL;
+    *out = NULL;
+
+    ctx->api = 1;
+
+    if (op != NGX_HTTP_CIVCHAT_API_READ && op != NGX_HTTP_CIVCHAT_API_DELETE)
+    {
+        ngx_http_civchat_identity_fields(r, ctx);
+    }
+
+    ngx_http_civchat_store_lock(zone);
+
+    p = ngx_http_civchat_store_find(zone, kind, id);
+
+    if (p == NULL) {
+        if (op != NGX_HTTP_CIVCHAT_API_UPSERT) {
+            rc = NGX_DECLINED;
+            goto done;
+        }
+
+        ctx->key.len = 0;
+
+        if (kind == NGX_HTTP_CIVCHAT_BY_KEY
+            && ngx_http_civchat_valid_key(id->data, id->len))
+        {
+            ctx->key = *id;
+        }
+
+        rc = NGX_ERROR;
+
+        p = ngx_http_civchat_create(r, ctx, 1);
+        if (p == NULL) {
+            goto done;
+        }
+
+        if (kind != NGX_HTTP_CIVCHAT_BY_KEY
+            && ngx_http_civchat_set_identity(r, ctx, p, kind, id) != NGX_OK)
+        {
+            goto done;
+        }
+    }
+
+    rc = NGX_ERROR;
+
+    if (op == NGX_HTTP_CIVCHAT_API_DELETE) {
+        if (ngx_http_civchat_copy_user(r, ctx, p, NULL) != NGX_OK
+            || ngx_http_civchat_add_event(r, ctx, "user_deleted", NULL, NULL)
+               != NGX_OK)
+        {
+            goto done;
+        }
+
+        /* erasure: the profile, its aliases and its index entries */
+        ngx_http_civchat_store_delete(zone, p);
+        rc = NGX_OK;
+        goto done;
+    }
+
+    ngx_http_civchat_store_touch(zone, p);
+
+    if (op != NGX_HTTP_CIVCHAT_API_READ) {
+        ngx_http_civchat_apply_identity(r, ctx, p);
+    }
+
+    attrs = ngx_http_civchat_load_attrs(p);
+    if (attrs == NULL) {
+        goto done;
+    }
+
+    if (op != NGX_HTTP_CIVCHAT_API_READ) {
+        if (ngx_http_civchat_apply_attrs(r, ctx, attrs) != NGX_OK
+            || ngx_http_civchat_save_attrs(r, ctx, p, attrs) != NGX_OK)
+        {
+            goto done;
+        }
+    }
+
+    if (ngx_http_civchat_copy_user(r, ctx, p, attrs) != NGX_OK) {
+        goto done;
+    }
+
+    *out = ngx_http_civchat_profile_json(zone, p, attrs);
+    rc = (*out != NULL) ? NGX_OK : NGX_ERROR;
+
+done:
+
+    ngx_http_civchat_store_unlock(zone);
+
+    json_decref(attrs);
+
+    return rc;
+}
+
+
+static json_t *
+ngx_http_civchat_profile_json(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, json_t *attrs)
+{
+    json_t                    *j, *aliases, *all;
+    ngx_str_t                  ua;
+    ngx_queue_t               *q;
+    ngx_http_civchat_alias_t  *a;
+
+    aliases = json_array();
+    all = json_deep_copy(attrs);
+
+    ngx_http_civchat_store_ua(zone, p, &ua);
+
+    if (all != NULL && ua.len) {
+        json_object_set_new(all, "user_agent",
+                            json_stringn((char *) ua.data, ua.len));
+    }
+
+    for (q = ngx_queue_head(&p->aliases);
+         aliases != NULL && q != ngx_queue_sentinel(&p->aliases);
+         q = ngx_queue_next(q))
+    {
+        a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
+        json_array_append_new(aliases,
+                              json_stringn((char *) a->index.data,
+                                           a->index.len));
+    }
+
+    j = json_pack("{s:s%,s:o,s:o,s:o,s:I,s:I,s:I,s:I,s:o}",
+                  "key", (char *) p->key.data, (size_t) p->key.len,
+                  "user_id", p->user_id.len
+                             ? json_stringn((char *) p->user_id.data,
+                                            p->user_id.len)
+                             : json_null(),
+                  "email", p->email.len
+                           ? json_stringn((char *) p->email.data,
+                                          p->email.len)
+                           : json_null(),
+                  "aliases", aliases,
+                  "first_seen", (json_int_t) p->first_seen,
+                  "last_seen", (json_int_t) p->last_seen,
+                  "page_views", (json_int_t) p->page_views,
+                  "sessions", (json_int_t) p->sessions,
+                  "attributes", all);
+
+    return j;
 }

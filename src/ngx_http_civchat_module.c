@@ -17,6 +17,8 @@ static char *ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_civchat_merge_zone(ngx_conf_t *cf,
     ngx_http_civchat_loc_conf_t *conf);
+static char *ngx_http_civchat_merge_api(ngx_conf_t *cf,
+    ngx_http_civchat_loc_conf_t *conf);
 static char *ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -85,6 +87,20 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_civchat_loc_conf_t, bot_filter),
+      NULL },
+
+    { ngx_string("civchat_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_civchat_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_api_token"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, api_token),
       NULL },
 
     { ngx_string("civchat_status"),
@@ -322,6 +338,7 @@ ngx_http_civchat_create_loc_conf(ngx_conf_t *cf)
      */
 
     conf->enable = NGX_CONF_UNSET;
+    conf->api = NGX_CONF_UNSET;
     conf->api_keys = NGX_CONF_UNSET_PTR;
     conf->cookie_max_age = NGX_CONF_UNSET;
     conf->cookie_httponly = NGX_CONF_UNSET;
@@ -352,6 +369,12 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->enable == NGX_CONF_UNSET) {
         conf->enable = 0;
     }
+
+    if (conf->api == NGX_CONF_UNSET) {
+        conf->api = 0;
+    }
+
+    ngx_conf_merge_str_value(conf->api_token, prev->api_token, "");
 
     ngx_conf_merge_ptr_value(conf->api_keys, prev->api_keys, NULL);
 
@@ -400,6 +423,10 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_sec_value(conf->session_timeout, prev->session_timeout,
                              30 * 60);
 
+    if (conf->api) {
+        return ngx_http_civchat_merge_api(cf, conf);
+    }
+
     if (!conf->enable) {
         return NGX_CONF_OK;
     }
@@ -409,6 +436,32 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"civchat\" in location \"%V\" needs at least "
                            "one \"civchat_api_key\"", &conf->location);
         return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_civchat_merge_zone(cf, conf);
+}
+
+
+static char *
+ngx_http_civchat_merge_api(ngx_conf_t *cf, ngx_http_civchat_loc_conf_t *conf)
+{
+    ngx_str_t  *keys;
+
+    if (conf->api_token.len < 16) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"civchat_api\" in location \"%V\" needs a "
+                           "\"civchat_api_token\" of at least 16 "
+                           "characters", &conf->location);
+        return NGX_CONF_ERROR;
+    }
+
+    /* the API's events carry the site's key when the location names one */
+    if (conf->api_keys != NULL && conf->api_keys->nelts) {
+        keys = conf->api_keys->elts;
+        conf->api_site = keys[0];
+
+    } else {
+        ngx_str_set(&conf->api_site, "api");
     }
 
     return ngx_http_civchat_merge_zone(cf, conf);

@@ -59,7 +59,7 @@ static ngx_uint_t  ngx_http_civchat_statuses[] = {
 static const char  *ngx_http_civchat_event_types[] = {
     "user_created", "page_view", "event", "product_event",
     "profile_updated", "user_identified", "user_merged", "email_claimed",
-    "auth_reset", "other", NULL
+    "auth_reset", "user_deleted", "chat_message", "other", NULL
 };
 
 

@@ -1,0 +1,890 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+
+
+/*
+ * The server API (SPEC §9): a token-protected location where a backend
+ * reads, updates and erases profiles and imports many at once.
+ *
+ *   GET|PUT|POST|DELETE  users/key/ID, users/user_id/ID, users/email/ID
+ *   POST                 users            create-or-update by the body
+ *   POST                 import           NDJSON or CSV, a result a row
+ *
+ * PUT updates an existing profile, POST creates it when missing.  The
+ * attribute rules are the widget's, except that the API may also set
+ * user_id and email and remove an attribute with null.
+ */
+
+
+#define NGX_HTTP_CIVCHAT_API_USERS       1
+#define NGX_HTTP_CIVCHAT_API_ONE         2
+#define NGX_HTTP_CIVCHAT_API_IMPORT      3
+
+
+typedef struct {
+    ngx_uint_t                    route;
+    u_char                        kind;
+    ngx_str_t                     id;
+} ngx_http_civchat_route_t;
+
+
+static ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_civchat_api_token(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf);
+static ngx_int_t ngx_http_civchat_api_route(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_http_civchat_route_t *rt);
+static void ngx_http_civchat_api_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_civchat_api_run(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
+static ngx_int_t ngx_http_civchat_api_one(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op);
+static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_civchat_ctx_t *ctx,
+    u_char *kind, ngx_str_t *id, u_char *buf);
+static ngx_int_t ngx_http_civchat_api_import(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
+static ngx_int_t ngx_http_civchat_api_row(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, json_t *row, ngx_uint_t n,
+    json_t *results, ngx_uint_t *counts);
+static void ngx_http_civchat_api_row_error(json_t *results, ngx_uint_t n,
+    const char *code, const char *detail, ngx_uint_t *counts);
+static json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
+    json_t *header, const char **err);
+static void ngx_http_civchat_api_cleanup(void *data);
+static ngx_int_t ngx_http_civchat_api_send(ngx_http_request_t *r,
+    ngx_uint_t status, json_t *answer);
+static ngx_int_t ngx_http_civchat_api_type_is(ngx_http_request_t *r,
+    const char *type);
+
+
+char *
+ngx_http_civchat_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (lcf->api != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "zone=", 5) != 0 || value[1].len == 5) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\", expected "
+                           "\"zone=name\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_zone_t));
+    if (lcf->zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->zone->name.data = value[1].data + 5;
+    lcf->zone->name.len = value[1].len - 5;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_civchat_api_handler;
+
+    lcf->api = 1;
+    lcf->location = clcf->name;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                     rc;
+    ngx_http_civchat_ctx_t       *ctx;
+    ngx_http_civchat_route_t     *rt;
+    ngx_http_civchat_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_civchat_module);
+
+    if (ngx_http_civchat_api_token(r, lcf) != NGX_OK) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_civchat_error(r, NGX_HTTP_UNAUTHORIZED,
+                                      "unauthorized", "%s",
+                                      "a valid API token is required "
+                                      "(Authorization: Bearer TOKEN)");
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_ctx_t)
+                               + sizeof(ngx_http_civchat_route_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
+
+    if (ngx_http_civchat_api_route(r, lcf, rt) != NGX_OK) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                      "%s", "unknown API route");
+    }
+
+    ctx->lcf = lcf;
+    ctx->endpoint = NGX_HTTP_CIVCHAT_UPDATE;
+    ctx->api = 1;
+    ctx->site = lcf->api_site;
+
+    if (ngx_array_init(&ctx->ignored, r->pool, 4,
+                       sizeof(ngx_http_civchat_ignored_t))
+        != NGX_OK
+        || ngx_array_init(&ctx->events, r->pool, 4,
+                          sizeof(ngx_http_civchat_event_t))
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_civchat_module);
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_civchat_api_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+/* Authorization: Bearer TOKEN, compared in constant time */
+
+static ngx_int_t
+ngx_http_civchat_api_token(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf)
+{
+    u_char      diff;
+    ngx_str_t   got;
+    ngx_uint_t  i;
+
+    if (r->headers_in.authorization == NULL || lcf->api_token.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    got = r->headers_in.authorization->value;
+
+    if (got.len < 7 || ngx_strncasecmp(got.data, (u_char *) "Bearer ", 7)
+                       != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    got.data += 7;
+    got.len -= 7;
+
+    diff = (u_char) (got.len != lcf->api_token.len);
+
+    for (i = 0; i < lcf->api_token.len; i++) {
+        diff |= lcf->api_token.data[i] ^ got.data[i % (got.len ? got.len : 1)];
+    }
+
+    return diff ? NGX_DECLINED : NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_route(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_http_civchat_route_t *rt)
+{
+    u_char     *p, *last, *dst, *src;
+    ngx_str_t   path;
+
+    if (r->uri.len < lcf->location.len
+        || ngx_strncmp(r->uri.data, lcf->location.data, lcf->location.len)
+           != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    path.data = r->uri.data + lcf->location.len;
+    path.len = r->uri.len - lcf->location.len;
+
+    if (path.len && path.data[0] == '/') {
+        path.data++;
+        path.len--;
+    }
+
+    last = path.data + path.len;
+
+    if (path.len == 5 && ngx_strncmp(path.data, "users", 5) == 0) {
+        rt->route = NGX_HTTP_CIVCHAT_API_USERS;
+        return NGX_OK;
+    }
+
+    if (path.len == 6 && ngx_strncmp(path.data, "import", 6) == 0) {
+        rt->route = NGX_HTTP_CIVCHAT_API_IMPORT;
+        return NGX_OK;
+    }
+
+    if (path.len < 6 || ngx_strncmp(path.data, "users/", 6) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p = path.data + 6;
+
+    if (last - p >= 4 && ngx_strncmp(p, "key/", 4) == 0) {
+        rt->kind = NGX_HTTP_CIVCHAT_BY_KEY;
+        p += 4;
+
+    } else if (last - p >= 8 && ngx_strncmp(p, "user_id/", 8) == 0) {
+        rt->kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
+        p += 8;
+
+    } else if (last - p >= 6 && ngx_strncmp(p, "email/", 6) == 0) {
+        rt->kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
+        p += 6;
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    /* r->uri is already decoded; an email is compared in lower case */
+    rt->id.len = last - p;
+    rt->id.data = ngx_pnalloc(r->pool, rt->id.len + 1);
+    if (rt->id.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    src = p;
+    dst = rt->id.data;
+
+    while (src < last) {
+        *dst++ = (rt->kind == NGX_HTTP_CIVCHAT_BY_EMAIL)
+                 ? ngx_tolower(*src) : *src;
+        src++;
+    }
+
+    rt->route = NGX_HTTP_CIVCHAT_API_ONE;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_civchat_api_body(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_http_civchat_ctx_t    *ctx;
+    ngx_http_civchat_route_t  *rt;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
+
+    rc = ngx_http_civchat_api_run(r, ctx, rt);
+
+    if (rc == NGX_DONE && ctx->answered) {
+        rc = ctx->answer_rc;
+    }
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
+    ngx_http_civchat_route_t *rt)
+{
+    u_char               kind, buf[NGX_HTTP_CIVCHAT_EMAIL_MAX + 1];
+    ngx_int_t            rc;
+    ngx_str_t            body, id;
+    ngx_uint_t           op;
+    json_error_t         err;
+    ngx_pool_cleanup_t  *cln;
+
+    rc = ngx_http_civchat_read_body(r, &body);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (rt->route == NGX_HTTP_CIVCHAT_API_IMPORT) {
+        if (r->method != NGX_HTTP_POST) {
+            return ngx_http_civchat_error(r, NGX_HTTP_NOT_ALLOWED,
+                                          "method_not_allowed", "%s",
+                                          "import takes POST");
+        }
+
+        return ngx_http_civchat_api_import(r, ctx, &body);
+    }
+
+    if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE)) {
+        ctx->body = json_object();
+
+    } else if (r->method & (NGX_HTTP_POST|NGX_HTTP_PUT|NGX_HTTP_PATCH)) {
+        ctx->body = body.len ? json_loadb((char *) body.data, body.len, 0,
+                                          &err)
+                             : json_object();
+
+        if (!json_is_object(ctx->body)) {
+            json_decref(ctx->body);
+            ctx->body = NULL;
+
+            return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "invalid_json", "%s",
+                                          "the body must be a JSON object");
+        }
+
+    } else {
+        return ngx_http_civchat_error(r, NGX_HTTP_NOT_ALLOWED,
+                                      "method_not_allowed", "%s",
+                                      "use GET, PUT, POST or DELETE");
+    }
+
+    if (ctx->body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        json_decref(ctx->body);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_civchat_api_cleanup;
+    cln->data = ctx->body;
+
+    if (rt->route == NGX_HTTP_CIVCHAT_API_USERS) {
+        if (r->method != NGX_HTTP_POST) {
+            return ngx_http_civchat_error(r, NGX_HTTP_NOT_ALLOWED,
+                                          "method_not_allowed", "%s",
+                                          "users takes POST");
+        }
+
+        if (ngx_http_civchat_api_by_body(ctx, &kind, &id, buf) != NGX_OK) {
+            return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "missing_field", "%s",
+                                          "ID is required: user_id, email "
+                                          "or key");
+        }
+
+        return ngx_http_civchat_api_one(r, ctx, kind, &id,
+                                        NGX_HTTP_CIVCHAT_API_UPSERT);
+    }
+
+    if (rt->id.len == 0) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "ID is required");
+    }
+
+    switch (r->method) {
+
+    case NGX_HTTP_GET:
+    case NGX_HTTP_HEAD:
+        op = NGX_HTTP_CIVCHAT_API_READ;
+        break;
+
+    case NGX_HTTP_DELETE:
+        op = NGX_HTTP_CIVCHAT_API_DELETE;
+        break;
+
+    case NGX_HTTP_POST:
+        op = NGX_HTTP_CIVCHAT_API_UPSERT;
+        break;
+
+    default: /* PUT, PATCH */
+        op = NGX_HTTP_CIVCHAT_API_UPDATE;
+        break;
+    }
+
+    return ngx_http_civchat_api_one(r, ctx, rt->kind, &rt->id, op);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
+    u_char kind, ngx_str_t *id, ngx_uint_t op)
+{
+    json_t                      *user, *answer, *ignored;
+    ngx_int_t                    rc;
+    ngx_uint_t                   i;
+    ngx_http_civchat_ignored_t  *ig;
+
+    rc = ngx_http_civchat_api_profile(r, ctx, kind, id, op, &user);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                      "%s", "User with this ID does not "
+                                      "exist");
+    }
+
+    if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
+        json_decref(user);
+        return ngx_http_civchat_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                      "internal_error", "%s",
+                                      "the profile could not be stored");
+    }
+
+    if (op == NGX_HTTP_CIVCHAT_API_DELETE) {
+        answer = json_pack("{s:b,s:s%}", "deleted", 1, "key",
+                           (char *) ctx->user.key.data, ctx->user.key.len);
+
+    } else {
+        answer = json_pack("{s:o,s:b}", "user", user, "created",
+                           (int) ctx->created);
+        user = NULL;
+    }
+
+    json_decref(user);
+
+    if (answer != NULL && ctx->ignored.nelts) {
+        ignored = json_array();
+        json_object_set_new(answer, "ignored", ignored);
+
+        ig = ctx->ignored.elts;
+
+        for (i = 0; i < ctx->ignored.nelts; i++) {
+            json_array_append_new(ignored,
+                                  json_pack("{s:s%,s:s}", "name",
+                                            (char *) ig[i].name.data,
+                                            ig[i].name.len,
+                                            "reason", ig[i].reason));
+        }
+    }
+
+    return ngx_http_civchat_api_send(r, ctx->created ? 201 : NGX_HTTP_OK,
+                                     answer);
+}
+
+
+/* which profile a body names: user_id, else email, else key */
+
+static ngx_int_t
+ngx_http_civchat_api_by_body(ngx_http_civchat_ctx_t *ctx, u_char *kind,
+    ngx_str_t *id, u_char *buf)
+{
+    json_t  *v;
+    size_t   i;
+
+    v = json_object_get(ctx->body, "user_id");
+
+    if (json_is_integer(v)) {
+        id->data = buf;
+        id->len = ngx_sprintf(buf, "%L", (int64_t) json_integer_value(v))
+                  - buf;
+        *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
+        return NGX_OK;
+    }
+
+    if (json_is_string(v) && json_string_length(v)
+        && json_string_length(v) <= NGX_HTTP_CIVCHAT_USER_ID_MAX)
+    {
+        id->data = (u_char *) json_string_value(v);
+        id->len = json_string_length(v);
+        *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
+        return NGX_OK;
+    }
+
+    v = json_object_get(ctx->body, "email");
+
+    if (json_is_string(v) && json_string_length(v)
+        && json_string_length(v) <= NGX_HTTP_CIVCHAT_EMAIL_MAX)
+    {
+        id->len = json_string_length(v);
+        id->data = buf;
+
+        for (i = 0; i < id->len; i++) {
+            buf[i] = ngx_tolower(json_string_value(v)[i]);
+        }
+
+        *kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
+        return NGX_OK;
+    }
+
+    v = json_object_get(ctx->body, "key");
+
+    if (json_is_string(v)
+        && ngx_http_civchat_valid_key((u_char *) json_string_value(v),
+                                      json_string_length(v)))
+    {
+        id->data = (u_char *) json_string_value(v);
+        id->len = json_string_length(v);
+        *kind = NGX_HTTP_CIVCHAT_BY_KEY;
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * Batch add-or-update: NDJSON (one object a line) or CSV (a header row
+ * of attribute names).  Each row is its own create-or-update, under its
+ * own hold of the lock, so a bad row changes nothing and the others go
+ * on; the answer has a result for every row.
+ */
+
+static ngx_int_t
+ngx_http_civchat_api_import(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *body)
+{
+    u_char        *p, *last, *eol;
+    json_t        *answer, *results, *row, *header;
+    ngx_int_t      rc;
+    ngx_uint_t     n, csv, counts[3];
+    const char    *err;
+    json_error_t   jerr;
+
+    csv = ngx_http_civchat_api_type_is(r, "text/csv");
+
+    results = json_array();
+    if (results == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    counts[0] = counts[1] = counts[2] = 0;
+    header = NULL;
+    p = body->data;
+    last = body->data + body->len;
+    rc = NGX_OK;
+
+    if (csv) {
+        header = ngx_http_civchat_csv_record(&p, last, NULL, &err);
+
+        if (header == NULL) {
+            json_decref(results);
+            return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "invalid_csv",
+                                          "the header row is unreadable: %s",
+                                          err ? err : "empty");
+        }
+    }
+
+    for (n = 1; p < last && rc == NGX_OK; n++) {
+
+        if (csv) {
+            row = ngx_http_civchat_csv_record(&p, last, header, &err);
+
+            if (row == NULL) {
+                if (err == NULL) {
+                    n--;
+                    continue;
+                }
+
+                ngx_http_civchat_api_row_error(results, n, "invalid_csv",
+                                               err, counts);
+                continue;
+            }
+
+        } else {
+            eol = ngx_strlchr(p, last, '\n');
+            if (eol == NULL) {
+                eol = last;
+            }
+
+            if (eol == p || (eol - p == 1 && *p == '\r')) {
+                p = eol + 1;
+                n--;
+                continue;
+            }
+
+            row = json_loadb((char *) p, eol - p, 0, &jerr);
+            p = eol + 1;
+
+            if (!json_is_object(row)) {
+                json_decref(row);
+                ngx_http_civchat_api_row_error(results, n, "invalid_json",
+                                               "a row must be a JSON "
+                                               "object", counts);
+                continue;
+            }
+        }
+
+        rc = ngx_http_civchat_api_row(r, ctx, row, n, results, counts);
+
+        json_decref(row);
+    }
+
+    json_decref(header);
+
+    if (rc != NGX_OK) {
+        json_decref(results);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    answer = json_pack("{s:I,s:I,s:I,s:o}",
+                       "created", (json_int_t) counts[0],
+                       "updated", (json_int_t) counts[1],
+                       "errors", (json_int_t) counts[2],
+                       "results", results);
+
+    return ngx_http_civchat_api_send(r, NGX_HTTP_OK, answer);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
+    json_t *row, ngx_uint_t n, json_t *results, ngx_uint_t *counts)
+{
+    u_char                      kind, buf[NGX_HTTP_CIVCHAT_EMAIL_MAX + 1];
+    json_t                     *user, *res;
+    ngx_int_t                   rc;
+    ngx_str_t                   id;
+    ngx_http_civchat_ignored_t *ig;
+
+    ctx->body = row;
+    ctx->created = 0;
+    ctx->changed = 0;
+    ctx->events.nelts = 0;
+    ctx->ignored.nelts = 0;
+    ngx_str_null(&ctx->user_id);
+    ngx_str_null(&ctx->email);
+    ngx_memzero(&ctx->user, sizeof(ngx_http_civchat_user_t));
+
+    if (ngx_http_civchat_api_by_body(ctx, &kind, &id, buf) != NGX_OK) {
+        ngx_http_civchat_api_row_error(results, n, "missing_field",
+                                       "ID is required: user_id, email or "
+                                       "key", counts);
+        return NGX_OK;
+    }
+
+    rc = ngx_http_civchat_api_profile(r, ctx, kind, &id,
+                                      NGX_HTTP_CIVCHAT_API_UPSERT, &user);
+    json_decref(user);
+
+    if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
+        ngx_http_civchat_api_row_error(results, n, "internal_error",
+                                       "the profile could not be stored",
+                                       counts);
+        return NGX_OK;
+    }
+
+    counts[ctx->created ? 0 : 1]++;
+
+    res = json_pack("{s:I,s:s,s:s%}", "row", (json_int_t) n,
+                    "result", ctx->created ? "created" : "updated",
+                    "key", (char *) ctx->user.key.data, ctx->user.key.len);
+    if (res == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->ignored.nelts) {
+        ig = ctx->ignored.elts;
+
+        json_object_set_new(res, "ignored",
+                            json_pack("{s:s%,s:s}", "name",
+                                      (char *) ig[0].name.data,
+                                      ig[0].name.len, "reason",
+                                      ig[0].reason));
+    }
+
+    return json_array_append_new(results, res) == 0 ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_http_civchat_api_row_error(json_t *results, ngx_uint_t n,
+    const char *code, const char *detail, ngx_uint_t *counts)
+{
+    counts[2]++;
+
+    json_array_append_new(results,
+                          json_pack("{s:I,s:s,s:s,s:s}", "row",
+                                    (json_int_t) n, "result", "error",
+                                    "error", code, "detail", detail));
+}
+
+
+/*
+ * One CSV record (RFC 4180: quotes, doubled quotes, commas and line
+ * breaks inside quotes, CRLF or LF).  Without a header: the header row
+ * as an array of names; with one: an object of the record's non-empty
+ * fields.  NULL with *err NULL: an empty line.
+ */
+
+static json_t *
+ngx_http_civchat_csv_record(u_char **pos, u_char *last, json_t *header,
+    const char **err)
+{
+    u_char      *p, *field, *q;
+    json_t      *rec, *name;
+    ngx_uint_t   col, quoted, end;
+
+    p = *pos;
+    *err = NULL;
+    col = 0;
+    end = 0;
+
+    if (p < last && (*p == '\n' || (*p == '\r' && p + 1 < last
+                                    && p[1] == '\n')))
+    {
+        *pos = p + ((*p == '\r') ? 2 : 1);
+        return NULL;
+    }
+
+    rec = header ? json_object() : json_array();
+    if (rec == NULL) {
+        *err = "no memory";
+        return NULL;
+    }
+
+    /* fields are unquoted in place: the body buffer is ours */
+
+    while (!end) {
+        quoted = (p < last && *p == '"');
+        field = quoted ? ++p : p;
+        q = field;
+
+        for ( ;; ) {
+            if (p == last) {
+                if (quoted) {
+                    *err = "a quoted field is not closed";
+                    goto failed;
+                }
+
+                end = 1;
+                break;
+            }
+
+            if (quoted) {
+                if (*p == '"') {
+                    if (p + 1 < last && p[1] == '"') {
+                        *q++ = '"';
+                        p += 2;
+                        continue;
+                    }
+
+                    quoted = 0;
+                    p++;
+                    continue;
+                }
+
+                *q++ = *p++;
+                continue;
+            }
+
+            if (*p == ',') {
+                p++;
+                break;
+            }
+
+            if (*p == '\n' || (*p == '\r' && p + 1 < last && p[1] == '\n')) {
+                p += (*p == '\r') ? 2 : 1;
+                end = 1;
+                break;
+            }
+
+            *q++ = *p++;
+        }
+
+        if (header == NULL) {
+            if (json_array_append_new(rec, json_stringn((char *) field,
+                                                        q - field))
+                != 0)
+            {
+                *err = "a header name is not valid UTF-8";
+                goto failed;
+            }
+
+            col++;
+            continue;
+        }
+
+        name = json_array_get(header, col++);
+
+        if (name == NULL) {
+            *err = "more fields than the header has names";
+            goto failed;
+        }
+
+        if (q > field
+            && json_object_set_new(rec, json_string_value(name),
+                                   json_stringn((char *) field, q - field))
+               != 0)
+        {
+            *err = "a field is not valid UTF-8";
+            goto failed;
+        }
+    }
+
+    *pos = p;
+
+    return rec;
+
+failed:
+
+    /* skip to the end of this record's line and go on */
+    while (p < last && *p != '\n') {
+        p++;
+    }
+
+    *pos = (p < last) ? p + 1 : last;
+    json_decref(rec);
+
+    return NULL;
+}
+
+
+static void
+ngx_http_civchat_api_cleanup(void *data)
+{
+    json_decref(data);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_send(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *answer)
+{
+    u_char  *buf;
+    size_t   len;
+
+    if (answer == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = json_dumpb(answer, NULL, 0, JSON_COMPACT);
+
+    buf = ngx_pnalloc(r->pool, len + 1);
+    if (buf == NULL) {
+        json_decref(answer);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = json_dumpb(answer, (char *) buf, len, JSON_COMPACT);
+    buf[len++] = '\n';
+
+    json_decref(answer);
+
+    return ngx_http_civchat_send_json(r, status, buf, len);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_type_is(ngx_http_request_t *r, const char *type)
+{
+    size_t  len;
+
+    if (r->headers_in.content_type == NULL) {
+        return 0;
+    }
+
+    len = ngx_strlen(type);
+
+    return r->headers_in.content_type->value.len >= len
+           && ngx_strncasecmp(r->headers_in.content_type->value.data,
+                              (u_char *) type, len) == 0;
+}
