@@ -45,6 +45,8 @@
 #define NGX_HTTP_CIVCHAT_EVENT           5
 #define NGX_HTTP_CIVCHAT_PRODUCT_EVENT   6
 #define NGX_HTTP_CIVCHAT_PIXEL           7
+#define NGX_HTTP_CIVCHAT_STREAM          8
+#define NGX_HTTP_CIVCHAT_MESSAGE         9
 
 /* server API operations */
 #define NGX_HTTP_CIVCHAT_API_READ        1
@@ -72,7 +74,7 @@ typedef struct {
 } ngx_http_civchat_counters_t;
 
 
-#define NGX_HTTP_CIVCHAT_ENDPOINTS     10     /* status.c's names */
+#define NGX_HTTP_CIVCHAT_ENDPOINTS     12     /* status.c's names */
 #define NGX_HTTP_CIVCHAT_STATUSES      12
 #define NGX_HTTP_CIVCHAT_EVENT_TYPES   12
 #define NGX_HTTP_CIVCHAT_MAX_STORES    32
@@ -166,6 +168,22 @@ typedef struct {
     ((p)->blob + (p)->key.len + (p)->user_id.len + (p)->email.len)
 
 
+/* a message for a visitor's live stream (live.c) */
+#define NGX_HTTP_CIVCHAT_LIVE_MESSAGE    1
+#define NGX_HTTP_CIVCHAT_LIVE_PAYLOAD    2
+#define NGX_HTTP_CIVCHAT_LIVE_PROFILE    3
+
+
+typedef struct {
+    uint64_t                      seq;       /* 0: empty */
+    u_char                       *data;      /* one line of JSON */
+    uint32_t                      len;
+    u_char                        type;
+    u_char                        key_len;
+    u_char                        key[NGX_HTTP_CIVCHAT_KEY_MAX];
+} ngx_http_civchat_live_t;
+
+
 typedef struct {
     ngx_rbtree_t                  rbtree;
     ngx_rbtree_node_t             sentinel;
@@ -177,6 +195,9 @@ typedef struct {
     ngx_uint_t                    changes;   /* bumped on every write */
     ngx_uint_t                    saved;     /* changes at last save */
     ngx_uint_t                    full_logged;
+    ngx_http_civchat_live_t      *live;      /* the ring, or NULL */
+    ngx_uint_t                    live_size;
+    uint64_t                      live_seq;  /* the last published */
 } ngx_http_civchat_shctx_t;
 
 
@@ -189,6 +210,14 @@ struct ngx_http_civchat_zone_s {
     ngx_msec_t                    state_interval;
     ngx_event_t                   save_event;
     ngx_log_t                    *log;
+    ngx_uint_t                    live_size; /* civchat_zone live= */
+
+    /* per worker: the live streams it holds */
+    ngx_queue_t                   streams;
+    ngx_event_t                   live_ev;
+    uint64_t                      live_read;
+    ngx_msec_t                    live_pinged;
+
     /* profiles the locked section works on: never evicted under it */
     ngx_uint_t                    npinned;
     ngx_http_civchat_profile_t   *pinned[NGX_HTTP_CIVCHAT_PINS];
@@ -330,6 +359,8 @@ ngx_int_t ngx_http_civchat_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *fmt, ...);
 ngx_int_t ngx_http_civchat_add_header(ngx_http_request_t *r,
     const char *key, ngx_str_t *value);
+ngx_table_elt_t *ngx_http_civchat_find_header(ngx_http_request_t *r,
+    const char *name);
 
 /* identity.c */
 ngx_int_t ngx_http_civchat_random(ngx_http_request_t *r, u_char *buf,
@@ -338,6 +369,8 @@ ngx_int_t ngx_http_civchat_mint_key(ngx_http_request_t *r, u_char *key);
 ngx_int_t ngx_http_civchat_valid_key(u_char *p, size_t len);
 void ngx_http_civchat_read_key(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+void ngx_http_civchat_cookie_key(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key);
 ngx_int_t ngx_http_civchat_set_cookie(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 ngx_int_t ngx_http_civchat_resolve(ngx_http_request_t *r,
@@ -461,6 +494,15 @@ ngx_http_civchat_counters_t *ngx_http_civchat_store_counters(
     ngx_cycle_t *cycle, ngx_uint_t index);
 char *ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+
+/* live.c */
+ngx_int_t ngx_http_civchat_live_init(ngx_http_civchat_zone_t *zone);
+void ngx_http_civchat_live_publish(ngx_http_civchat_zone_t *zone,
+    ngx_str_t *key, ngx_uint_t type, u_char *data, size_t len);
+ngx_int_t ngx_http_civchat_stream_handler(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf);
+void ngx_http_civchat_live_init_process(ngx_http_civchat_zone_t *zone,
+    ngx_cycle_t *cycle);
 
 /* api.c */
 char *ngx_http_civchat_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

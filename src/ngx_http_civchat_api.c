@@ -18,6 +18,9 @@
  *   GET|PUT|POST|DELETE  users/key/ID, users/user_id/ID, users/email/ID
  *   POST                 users            create-or-update by the body
  *   POST                 import           NDJSON or CSV, a result a row
+ *   POST                 users/KIND/ID/messages
+ *                        {"content": ..., "type": "message" | "payload"}
+ *                        to the visitor's live stream (live.c)
  *
  * PUT updates an existing profile, POST creates it when missing.  The
  * attribute rules are the widget's, except that the API may also set
@@ -28,6 +31,7 @@
 #define NGX_HTTP_CIVCHAT_API_USERS       1
 #define NGX_HTTP_CIVCHAT_API_ONE         2
 #define NGX_HTTP_CIVCHAT_API_IMPORT      3
+#define NGX_HTTP_CIVCHAT_API_MESSAGES    4
 
 
 typedef struct {
@@ -47,6 +51,8 @@ static ngx_int_t ngx_http_civchat_api_run(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_one(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op);
+static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_civchat_ctx_t *ctx,
     u_char *kind, ngx_str_t *id, u_char *buf);
 static ngx_int_t ngx_http_civchat_api_import(ngx_http_request_t *r,
@@ -262,6 +268,13 @@ ngx_http_civchat_api_route(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    rt->route = NGX_HTTP_CIVCHAT_API_ONE;
+
+    if (last - p > 9 && ngx_strncmp(last - 9, "/messages", 9) == 0) {
+        rt->route = NGX_HTTP_CIVCHAT_API_MESSAGES;
+        last -= 9;
+    }
+
     /* r->uri is already decoded; an email is compared in lower case */
     rt->id.len = last - p;
     rt->id.data = ngx_pnalloc(r->pool, rt->id.len + 1);
@@ -277,8 +290,6 @@ ngx_http_civchat_api_route(ngx_http_request_t *r,
                  ? ngx_tolower(*src) : *src;
         src++;
     }
-
-    rt->route = NGX_HTTP_CIVCHAT_API_ONE;
 
     return NGX_OK;
 }
@@ -390,6 +401,16 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
                                       "ID is required");
     }
 
+    if (rt->route == NGX_HTTP_CIVCHAT_API_MESSAGES) {
+        if (r->method != NGX_HTTP_POST) {
+            return ngx_http_civchat_error(r, NGX_HTTP_NOT_ALLOWED,
+                                          "method_not_allowed", "%s",
+                                          "messages takes POST");
+        }
+
+        return ngx_http_civchat_api_message(r, ctx, rt);
+    }
+
     switch (r->method) {
 
     case NGX_HTTP_GET:
@@ -467,6 +488,111 @@ ngx_http_civchat_api_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 
     return ngx_http_civchat_api_send(r, ctx->created ? 201 : NGX_HTTP_OK,
                                      answer);
+}
+
+
+/*
+ * A message to a visitor's widget: an agent's message ("onMessage" with
+ * isAdmin) or a payload ("onPayloadReceived"), published for the
+ * streams of that profile's key and recorded as a chat_message event.
+ */
+
+static ngx_int_t
+ngx_http_civchat_api_message(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt)
+{
+    u_char      *buf;
+    json_t      *content, *type, *user, *data;
+    size_t       len;
+    ngx_int_t    rc;
+    ngx_str_t    name;
+    ngx_uint_t   live;
+
+    content = json_object_get(ctx->body, "content");
+    type = json_object_get(ctx->body, "type");
+
+    if (content == NULL || json_is_null(content)) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "content is required");
+    }
+
+    if (type == NULL || (json_is_string(type)
+                         && ngx_strcmp(json_string_value(type), "message")
+                            == 0))
+    {
+        if (!json_is_string(content)) {
+            return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "invalid_event", "%s",
+                                          "a message's content is a "
+                                          "string");
+        }
+
+        live = NGX_HTTP_CIVCHAT_LIVE_MESSAGE;
+        ngx_str_set(&name, "message");
+        data = json_pack("{s:O,s:b}", "content", content, "isAdmin", 1);
+
+    } else if (json_is_string(type)
+               && ngx_strcmp(json_string_value(type), "payload") == 0)
+    {
+        live = NGX_HTTP_CIVCHAT_LIVE_PAYLOAD;
+        ngx_str_set(&name, "payload");
+        data = json_pack("{s:O}", "content", content);
+
+    } else {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_event", "%s",
+                                      "type is \"message\" or \"payload\"");
+    }
+
+    if (data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_civchat_api_profile(r, ctx, rt->kind, &rt->id,
+                                      NGX_HTTP_CIVCHAT_API_READ, &user);
+    json_decref(user);
+
+    if (rc != NGX_OK) {
+        json_decref(data);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                          "%s", "User with this ID does not "
+                                          "exist");
+        }
+
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = json_dumpb(data, NULL, 0, JSON_COMPACT);
+
+    buf = ngx_pnalloc(r->pool, len);
+    if (buf == NULL) {
+        json_decref(data);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = json_dumpb(data, (char *) buf, len, JSON_COMPACT);
+
+    ngx_http_civchat_store_lock(ctx->lcf->zone);
+    ngx_http_civchat_live_publish(ctx->lcf->zone, &ctx->user.key, live, buf,
+                                  len);
+    ngx_http_civchat_store_unlock(ctx->lcf->zone);
+
+    rc = ngx_http_civchat_add_event(r, ctx, "chat_message", &name, data);
+
+    json_decref(data);
+
+    if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_civchat_api_send(r, NGX_HTTP_OK,
+                                     json_pack("{s:b,s:s%}", "sent", 1,
+                                               "key",
+                                               (char *) ctx->user.key.data,
+                                               ctx->user.key.len));
 }
 
 

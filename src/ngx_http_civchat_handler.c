@@ -67,6 +67,8 @@ static ngx_int_t ngx_http_civchat_check_event(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs);
 static ngx_int_t ngx_http_civchat_check_product(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs);
+static ngx_int_t ngx_http_civchat_check_message(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs);
 static ngx_int_t ngx_http_civchat_piggyback(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_unprofiled(ngx_http_request_t *r,
@@ -88,6 +90,8 @@ static ngx_http_civchat_endpoint_t  ngx_http_civchat_endpoints[] = {
     { ngx_string("event"), NGX_HTTP_CIVCHAT_EVENT },
     { ngx_string("product_event"), NGX_HTTP_CIVCHAT_PRODUCT_EVENT },
     { ngx_string("p.gif"), NGX_HTTP_CIVCHAT_PIXEL },
+    { ngx_string("stream"), NGX_HTTP_CIVCHAT_STREAM },
+    { ngx_string("message"), NGX_HTTP_CIVCHAT_MESSAGE },
     { ngx_null_string, 0 }
 };
 
@@ -157,6 +161,16 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
     if (endpoint == 0) {
         return ngx_http_civchat_reject(r, NGX_HTTP_NOT_FOUND, "not_found",
                                        "unknown civchat endpoint");
+    }
+
+    if (endpoint == NGX_HTTP_CIVCHAT_STREAM) {
+        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+            return ngx_http_civchat_reject(r, NGX_HTTP_NOT_ALLOWED,
+                                           "method_not_allowed",
+                                           "stream takes GET");
+        }
+
+        return ngx_http_civchat_stream_handler(r, lcf);
     }
 
     if (endpoint == NGX_HTTP_CIVCHAT_PIXEL) {
@@ -423,33 +437,16 @@ ngx_http_civchat_origin(ngx_http_request_t *r,
     u_char           *host;
     ngx_str_t        *allowed, cred;
     ngx_uint_t        i;
-    ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
     ngx_str_null(origin);
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NGX_OK;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == 6
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "origin", 6) == 0)
-        {
-            *origin = h[i].value;
-            break;
-        }
+    h = ngx_http_civchat_find_header(r, "Origin");
+    if (h == NULL) {
+        return NGX_OK;
     }
+
+    *origin = h->value;
 
     host = ngx_strlcasestrn(origin->data, origin->data + origin->len,
                             (u_char *) "://", 2);
@@ -511,8 +508,6 @@ ngx_http_civchat_preflight(ngx_http_request_t *r,
 {
     ngx_int_t         rc;
     ngx_str_t         origin, value;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
     rc = ngx_http_civchat_origin(r, lcf, &origin);
@@ -558,29 +553,9 @@ ngx_http_civchat_preflight(ngx_http_request_t *r,
 
         ngx_str_set(&value, "Content-Type");
 
-        part = &r->headers_in.headers.part;
-        h = part->elts;
-
-        for (i = 0; /* void */; i++) {
-
-            if (i >= part->nelts) {
-                if (part->next == NULL) {
-                    break;
-                }
-
-                part = part->next;
-                h = part->elts;
-                i = 0;
-            }
-
-            if (h[i].key.len == sizeof("Access-Control-Request-Headers") - 1
-                && ngx_strncasecmp(h[i].key.data,
-                                   (u_char *) "Access-Control-Request-Headers",
-                                   h[i].key.len) == 0)
-            {
-                value = h[i].value;
-                break;
-            }
+        h = ngx_http_civchat_find_header(r, "Access-Control-Request-Headers");
+        if (h != NULL) {
+            value = h->value;
         }
 
         if (ngx_http_civchat_add_header(r, "Access-Control-Allow-Headers",
@@ -596,6 +571,39 @@ ngx_http_civchat_preflight(ngx_http_request_t *r,
     r->header_only = 1;
 
     return ngx_http_send_header(r);
+}
+
+
+ngx_table_elt_t *
+ngx_http_civchat_find_header(ngx_http_request_t *r, const char *name)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    len = ngx_strlen(name);
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
 }
 
 
@@ -672,7 +680,8 @@ ngx_http_civchat_reject(ngx_http_request_t *r, ngx_uint_t status,
 
     if (status == NGX_HTTP_NOT_ALLOWED) {
         if (ngx_strncmp(detail, "widget.js", 9) == 0
-            || ngx_strncmp(detail, "p.gif", 5) == 0)
+            || ngx_strncmp(detail, "p.gif", 5) == 0
+            || ngx_strncmp(detail, "stream", 6) == 0)
         {
             ngx_str_set(&allow, "GET, HEAD, OPTIONS");
 
@@ -748,6 +757,9 @@ ngx_http_civchat_process_parsed(ngx_http_request_t *r,
 
     } else if (ctx->endpoint == NGX_HTTP_CIVCHAT_PRODUCT_EVENT) {
         rc = ngx_http_civchat_check_product(r, ctx, &name, &attrs);
+
+    } else if (ctx->endpoint == NGX_HTTP_CIVCHAT_MESSAGE) {
+        rc = ngx_http_civchat_check_message(r, ctx, &name, &attrs);
     }
 
     if (rc != NGX_OK) {
@@ -809,6 +821,11 @@ ngx_http_civchat_process_parsed(ngx_http_request_t *r,
 
     case NGX_HTTP_CIVCHAT_PRODUCT_EVENT:
         rc = ngx_http_civchat_add_event(r, ctx, "product_event", &name,
+                                        attrs);
+        break;
+
+    case NGX_HTTP_CIVCHAT_MESSAGE:
+        rc = ngx_http_civchat_add_event(r, ctx, "chat_message", NULL,
                                         attrs);
         break;
 
@@ -1261,6 +1278,36 @@ ngx_http_civchat_check_product(ngx_http_request_t *r,
 }
 
 
+/* what the visitor typed in the chat panel */
+
+static ngx_int_t
+ngx_http_civchat_check_message(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t **attrs)
+{
+    json_t  *v;
+
+    ngx_str_null(name);
+
+    v = json_object_get(ctx->body, "content");
+
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "content is required");
+    }
+
+    if (json_string_length(v) > NGX_HTTP_CIVCHAT_CONTEXT_MAX) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_event", "%s",
+                                      "content is longer than 4096 bytes");
+    }
+
+    *attrs = json_pack("{s:O,s:b}", "content", v, "isAdmin", 0);
+
+    return (*attrs != NULL) ? NGX_OK : NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
 /* page_hit's optional {"event": {"event_name": ..., ...}} */
 
 static ngx_int_t
@@ -1356,6 +1403,11 @@ ngx_http_civchat_unprofiled(ngx_http_request_t *r,
 
         case NGX_HTTP_CIVCHAT_PRODUCT_EVENT:
             rc = ngx_http_civchat_add_event(r, ctx, "product_event", name,
+                                            attrs);
+            break;
+
+        case NGX_HTTP_CIVCHAT_MESSAGE:
+            rc = ngx_http_civchat_add_event(r, ctx, "chat_message", NULL,
                                             attrs);
             break;
 

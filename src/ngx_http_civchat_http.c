@@ -1008,7 +1008,9 @@ ngx_http_civchat_http_chunked(u_char *p, u_char *last)
             }
         }
 
-        if (last - p < size + 2) {
+        /* size + 2 may overflow: a chunk this long is never all here */
+
+        if (last - p < 2 || last - p - 2 < size) {
             return NGX_AGAIN;
         }
 

@@ -83,6 +83,8 @@ static ngx_int_t ngx_http_civchat_save_attrs(ngx_http_request_t *r,
 static ngx_int_t ngx_http_civchat_copy_user(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_profile_t *p,
     json_t *attrs);
+static void ngx_http_civchat_publish_changes(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_copy_index(ngx_http_request_t *r,
     ngx_http_civchat_index_t *ix, ngx_str_t *out);
 
@@ -176,6 +178,18 @@ ngx_http_civchat_valid_key(u_char *p, size_t len)
     }
 
     return 1;
+}
+
+
+void
+ngx_http_civchat_cookie_key(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key)
+{
+    ngx_http_civchat_read_cookie(r, lcf, key);
+
+    if (!ngx_http_civchat_valid_key(key->data, key->len)) {
+        ngx_str_null(key);
+    }
 }
 
 
@@ -383,6 +397,10 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     }
 
     rc = ngx_http_civchat_copy_user(r, ctx, p, attrs);
+
+    if (rc == NGX_OK) {
+        ngx_http_civchat_publish_changes(r, ctx);
+    }
 
 done:
 
@@ -1309,6 +1327,54 @@ ngx_http_civchat_copy_user(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 }
 
 
+/*
+ * A visitor's open streams hear of their profile's changes, whoever
+ * made them: {"name": ..., "old": ..., "new": ...}.  The zone is locked.
+ */
+
+static void
+ngx_http_civchat_publish_changes(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx)
+{
+    u_char                    *data, *p;
+    size_t                     len;
+    ngx_uint_t                 i;
+    ngx_http_civchat_event_t  *ev;
+
+    if (ctx->lcf->zone->sh->live == NULL) {
+        return;
+    }
+
+    ev = ctx->events.elts;
+
+    for (i = 0; i < ctx->events.nelts; i++) {
+        if (ngx_strcmp(ev[i].type, "profile_updated") != 0
+            || ev[i].attrs.len < 2)
+        {
+            continue;
+        }
+
+        len = sizeof("{\"name\":\"\",") + ev[i].name.len
+              + ngx_escape_json(NULL, ev[i].name.data, ev[i].name.len)
+              + ev[i].attrs.len;
+
+        data = ngx_pnalloc(r->pool, len);
+        if (data == NULL) {
+            return;
+        }
+
+        p = ngx_cpymem(data, "{\"name\":\"", sizeof("{\"name\":\"") - 1);
+        p = (u_char *) ngx_escape_json(p, ev[i].name.data, ev[i].name.len);
+        p = ngx_cpymem(p, "\",", 2);
+        p = ngx_cpymem(p, ev[i].attrs.data + 1, ev[i].attrs.len - 1);
+
+        ngx_http_civchat_live_publish(ctx->lcf->zone, &ctx->user.key,
+                                      NGX_HTTP_CIVCHAT_LIVE_PROFILE, data,
+                                      p - data);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_civchat_copy_index(ngx_http_request_t *r,
     ngx_http_civchat_index_t *ix, ngx_str_t *out)
@@ -1430,6 +1496,8 @@ ngx_http_civchat_api_profile(ngx_http_request_t *r,
 
     *out = ngx_http_civchat_profile_json(zone, p, attrs);
     rc = (*out != NULL) ? NGX_OK : NGX_ERROR;
+
+    ngx_http_civchat_publish_changes(r, ctx);
 
 done:
 

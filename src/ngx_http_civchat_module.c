@@ -509,6 +509,7 @@ ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_civchat_main_conf_t *mcf = conf;
 
     ssize_t                    size;
+    ngx_int_t                  n;
     ngx_str_t                 *value, s;
     ngx_uint_t                 i;
     ngx_msec_t                 interval;
@@ -523,6 +524,7 @@ ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     zone->name = value[1];
     zone->state_interval = 10000;
+    zone->live_size = 256;
 
     size = ngx_parse_size(&value[2]);
 
@@ -554,6 +556,16 @@ ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             zone->state = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "live=", 5) == 0) {
+            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
+            if (n == NGX_ERROR || n > 65536) {
+                goto invalid;
+            }
+
+            zone->live_size = n;
             continue;
         }
 
@@ -921,11 +933,13 @@ ngx_http_civchat_init_process(ngx_cycle_t *cycle)
                                    ngx_http_civchat_store_counters(cycle, i));
     }
 
-    /* one worker saves the zones periodically, the master at stop */
-    if (ngx_worker == 0) {
-        zones = mcf->zones->elts;
+    zones = mcf->zones->elts;
 
-        for (i = 0; i < mcf->zones->nelts; i++) {
+    for (i = 0; i < mcf->zones->nelts; i++) {
+        ngx_http_civchat_live_init_process(zones[i], cycle);
+
+        /* one worker saves the zones periodically, the master at stop */
+        if (ngx_worker == 0) {
             ngx_http_civchat_state_timer(zones[i], cycle);
         }
     }

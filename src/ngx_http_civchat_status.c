@@ -47,7 +47,7 @@ typedef struct {
 
 static const char  *ngx_http_civchat_endpoint_names[] = {
     "unknown", "init", "page_hit", "reset_auth", "update", "event",
-    "product_event", "p.gif", "widget.js", "options"
+    "product_event", "p.gif", "stream", "message", "widget.js", "options"
 };
 
 

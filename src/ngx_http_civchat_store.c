@@ -124,6 +124,10 @@ ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     /* running out of memory is normal: the LRU makes room */
     zone->shpool->log_nomem = 0;
 
+    if (ngx_http_civchat_live_init(zone) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (zone->state.len) {
         return ngx_http_civchat_state_load(zone);
     }
