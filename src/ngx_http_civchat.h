@@ -505,7 +505,7 @@ void ngx_http_civchat_live_init_process(ngx_http_civchat_zone_t *zone,
     ngx_cycle_t *cycle);
 
 /* api.c */
-char *ngx_http_civchat_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
 
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,

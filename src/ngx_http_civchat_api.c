@@ -41,7 +41,6 @@ typedef struct {
 } ngx_http_civchat_route_t;
 
 
-static ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_civchat_api_token(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
 static ngx_int_t ngx_http_civchat_api_route(ngx_http_request_t *r,
@@ -71,46 +70,7 @@ static ngx_int_t ngx_http_civchat_api_type_is(ngx_http_request_t *r,
     const char *type);
 
 
-char *
-ngx_http_civchat_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_civchat_loc_conf_t *lcf = conf;
-
-    ngx_str_t                 *value;
-    ngx_http_core_loc_conf_t  *clcf;
-
-    if (lcf->api != NGX_CONF_UNSET) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    if (ngx_strncmp(value[1].data, "zone=", 5) != 0 || value[1].len == 5) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\", expected "
-                           "\"zone=name\"", &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    lcf->zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_zone_t));
-    if (lcf->zone == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    lcf->zone->name.data = value[1].data + 5;
-    lcf->zone->name.len = value[1].len - 5;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_civchat_api_handler;
-
-    lcf->api = 1;
-    lcf->location = clcf->name;
-
-    return NGX_CONF_OK;
-}
-
-
-static ngx_int_t
+ngx_int_t
 ngx_http_civchat_api_handler(ngx_http_request_t *r)
 {
     ngx_int_t                     rc;

@@ -91,10 +91,10 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
 
     { ngx_string("civchat_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_civchat_api,
+      ngx_http_civchat,
       NGX_HTTP_LOC_CONF_OFFSET,
-      0,
-      NULL },
+      offsetof(ngx_http_civchat_loc_conf_t, api),
+      ngx_http_civchat_api_handler },
 
     { ngx_string("civchat_api_token"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -114,8 +114,8 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_civchat,
       NGX_HTTP_LOC_CONF_OFFSET,
-      0,
-      NULL },
+      offsetof(ngx_http_civchat_loc_conf_t, enable),
+      ngx_http_civchat_handler },
 
     { ngx_string("civchat_api_key"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -607,15 +607,23 @@ invalid:
 }
 
 
+/*
+ * "civchat zone=NAME" (the endpoints) and "civchat_api zone=NAME" (the
+ * server API): cmd->offset is the flag, cmd->post the content handler.
+ */
+
 static char *
 ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_civchat_loc_conf_t *lcf = conf;
 
     ngx_str_t                 *value;
+    ngx_flag_t                *flag;
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (lcf->enable != NGX_CONF_UNSET) {
+    flag = (ngx_flag_t *) ((u_char *) lcf + cmd->offset);
+
+    if (lcf->enable != NGX_CONF_UNSET || lcf->api != NGX_CONF_UNSET) {
         return "is duplicate";
     }
 
@@ -638,9 +646,9 @@ ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     lcf->zone->name.len = value[1].len - 5;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_civchat_handler;
+    clcf->handler = (ngx_http_handler_pt) cmd->post;
 
-    lcf->enable = 1;
+    *flag = 1;
     lcf->location = clcf->name;
 
     return NGX_CONF_OK;
