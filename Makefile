@@ -37,7 +37,8 @@ t/browser/node_modules/.package-lock.json: t/browser/package-lock.json
 # and every pool allocation a malloc of its own, then the whole suite.
 # A sanitizer report lands in error.log, which fails the test.
 ASAN_BUILD := $(BUILD)/asan
-ASAN_CC    := -fsanitize=address,undefined -fno-sanitize=nonnull-attribute \
+ASAN_CC    := -fsanitize=address,undefined \
+              -fno-sanitize=nonnull-attribute,alignment \
               -fno-omit-frame-pointer -DNGX_DEBUG_PALLOC=1 -O1 -g
 ASAN_LD    := -fsanitize=address,undefined
 
@@ -53,11 +54,22 @@ test-asan: deps t/browser/node_modules/.package-lock.json
 	TEST_NGINX_MODULE=$(ASAN_BUILD)/ngx_http_civchat_module.so \
 	    prove -r t/
 
-# Page hits through nginx into a local ClickHouse against ClickHouse's
-# own ingest rate for the same NDJSON (bench/README.md); builds first.
+# The module against nginx's own baseline (page_hit, init, p.gif, zone
+# bytes per profile), then page hits through nginx into a local
+# ClickHouse against ClickHouse's own ingest rate for the same NDJSON
+# (bench/README.md); builds first.
 .PHONY: bench
 bench: deps all
+	sh bench/run.sh
 	sh bench/clickhouse.sh
+
+# libFuzzer targets for the parsers that see client bytes (fuzz/README.md):
+# the reproducers of fixed bugs first, then FUZZ_SECONDS of fuzzing each.
+FUZZ_SECONDS ?= 30
+
+.PHONY: fuzz
+fuzz: deps $(WIDGET_H)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
 
 clean:
 	rm -rf $(BUILD)

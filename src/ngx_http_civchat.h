@@ -198,6 +198,8 @@ typedef struct {
     ngx_http_civchat_live_t      *live;      /* the ring, or NULL */
     ngx_uint_t                    live_size;
     uint64_t                      live_seq;  /* the last published */
+    uint64_t                      live_oldest; /* the oldest kept */
+    ngx_atomic_t                  streams;   /* open, in all workers */
 } ngx_http_civchat_shctx_t;
 
 
@@ -451,6 +453,7 @@ ngx_int_t ngx_http_civchat_normalize_name(ngx_pool_t *pool, u_char *name,
     size_t len, ngx_str_t *out, const char **reason);
 json_t *ngx_http_civchat_attr_value(ngx_http_civchat_loc_conf_t *lcf,
     ngx_str_t *name, json_t *value, const char **reason);
+u_char *ngx_http_civchat_integer_text(u_char *buf, json_int_t n);
 ngx_int_t ngx_http_civchat_user_id(ngx_pool_t *pool, json_t *value,
     ngx_str_t *out, const char **reason);
 ngx_int_t ngx_http_civchat_email(ngx_pool_t *pool, json_t *value,
@@ -499,6 +502,7 @@ char *ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_civchat_live_init(ngx_http_civchat_zone_t *zone);
 void ngx_http_civchat_live_publish(ngx_http_civchat_zone_t *zone,
     ngx_str_t *key, ngx_uint_t type, u_char *data, size_t len);
+ngx_int_t ngx_http_civchat_live_drop_oldest(ngx_http_civchat_zone_t *zone);
 ngx_int_t ngx_http_civchat_stream_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
 void ngx_http_civchat_live_init_process(ngx_http_civchat_zone_t *zone,

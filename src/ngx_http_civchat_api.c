@@ -569,7 +569,7 @@ ngx_http_civchat_api_by_body(ngx_http_civchat_ctx_t *ctx, u_char *kind,
 
     if (json_is_integer(v)) {
         id->data = buf;
-        id->len = ngx_sprintf(buf, "%L", (int64_t) json_integer_value(v))
+        id->len = ngx_http_civchat_integer_text(buf, json_integer_value(v))
                   - buf;
         *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
         return NGX_OK;
@@ -912,12 +912,17 @@ ngx_http_civchat_csv_record(u_char **pos, u_char *last, json_t *header,
 
 failed:
 
-    /* skip to the end of this record's line and go on */
-    while (p < last && *p != '\n') {
-        p++;
+    /* skip to the end of this record's line, unless it is there already */
+
+    if (!end) {
+        while (p < last && *p != '\n') {
+            p++;
+        }
+
+        p = (p < last) ? p + 1 : last;
     }
 
-    *pos = (p < last) ? p + 1 : last;
+    *pos = p;
     json_decref(rec);
 
     return NULL;

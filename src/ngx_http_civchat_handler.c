@@ -1069,8 +1069,9 @@ static void
 ngx_http_civchat_clean_text(ngx_http_request_t *r, ngx_str_t *in,
     size_t max, ngx_str_t *out)
 {
-    u_char  *p, *q, *s, *last, *dst;
-    size_t   len;
+    u_char    *p, *q, *s, *t, *last, *dst;
+    size_t     len;
+    uint32_t   c;
 
     ngx_str_null(out);
 
@@ -1093,8 +1094,18 @@ ngx_http_civchat_clean_text(ngx_http_request_t *r, ngx_str_t *in,
         }
 
         s = p;
+        c = ngx_utf8_decode(&p, last - p);
 
-        if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
+        /*
+         * ngx_utf8_decode() also takes lead bytes beyond 0xf4, any byte
+         * from 0x80 as a continuation byte, and surrogates
+         */
+
+        for (t = s + 1; t < p && (*t & 0xc0) == 0x80; t++) { /* void */ }
+
+        if (c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff) || *s > 0xf4
+            || t != p)
+        {
             *q++ = '?';
             p = s + 1;
             continue;

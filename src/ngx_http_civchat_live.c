@@ -52,6 +52,7 @@ static const char  *ngx_http_civchat_live_types[] = {
 };
 
 
+static ngx_int_t ngx_http_civchat_live_ring(ngx_http_civchat_zone_t *zone);
 static ngx_int_t ngx_http_civchat_stream_key(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key);
 static void ngx_http_civchat_stream_cleanup(void *data);
@@ -66,27 +67,73 @@ static ngx_array_t *ngx_http_civchat_live_copy(ngx_http_civchat_zone_t *zone,
 static void ngx_http_civchat_live_handler(ngx_event_t *ev);
 
 
+/* the ring is made when the first stream opens: a zone without */
+/* streams spends nothing on it */
+
 ngx_int_t
 ngx_http_civchat_live_init(ngx_http_civchat_zone_t *zone)
 {
-    size_t  size;
+    zone->sh->live_size = zone->live_size;
 
-    if (zone->live_size == 0) {
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_civchat_live_ring(ngx_http_civchat_zone_t *zone)
+{
+    size_t                    size;
+    ngx_http_civchat_live_t  *ring;
+
+    if (zone->sh->live != NULL) {
         return NGX_OK;
     }
 
-    size = zone->live_size * sizeof(ngx_http_civchat_live_t);
+    size = zone->sh->live_size * sizeof(ngx_http_civchat_live_t);
 
-    zone->sh->live = ngx_slab_alloc(zone->shpool, size);
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
     if (zone->sh->live == NULL) {
-        return NGX_ERROR;
+        ring = ngx_slab_alloc_locked(zone->shpool, size);
+
+        if (ring != NULL) {
+            ngx_memzero(ring, size);
+            zone->sh->live = ring;
+        }
     }
 
-    ngx_memzero(zone->sh->live, size);
-    zone->sh->live_size = zone->live_size;
-    zone->sh->live_seq = 0;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 
-    return NGX_OK;
+    return (zone->sh->live != NULL) ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
+ * The zone is full: live messages go before profiles do, the oldest
+ * first.  The caller holds the lock.
+ */
+
+ngx_int_t
+ngx_http_civchat_live_drop_oldest(ngx_http_civchat_zone_t *zone)
+{
+    ngx_http_civchat_live_t  *m;
+
+    if (zone->sh->live == NULL) {
+        return NGX_DECLINED;
+    }
+
+    while (zone->sh->live_oldest < zone->sh->live_seq) {
+        m = &zone->sh->live[++zone->sh->live_oldest % zone->sh->live_size];
+
+        if (m->data != NULL && m->seq == zone->sh->live_oldest) {
+            ngx_slab_free_locked(zone->shpool, m->data);
+            m->data = NULL;
+            m->seq = 0;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -100,9 +147,10 @@ ngx_http_civchat_live_publish(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
     uint64_t                  seq;
     ngx_http_civchat_live_t  *m;
 
-    if (zone->sh->live == NULL || key->len == 0
+    if (zone->sh->live == NULL || zone->sh->streams == 0 || key->len == 0
         || key->len > NGX_HTTP_CIVCHAT_KEY_MAX)
     {
+        /* nobody listens: a stream opened later starts from now */
         return;
     }
 
@@ -121,6 +169,12 @@ ngx_http_civchat_live_publish(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
 
     if (m->data != NULL) {
         ngx_slab_free_locked(zone->shpool, m->data);
+    }
+
+    if (seq > zone->sh->live_size
+        && zone->sh->live_oldest < seq - zone->sh->live_size)
+    {
+        zone->sh->live_oldest = seq - zone->sh->live_size;
     }
 
     m->data = copy;
@@ -159,10 +213,16 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
         return rc;
     }
 
-    if (zone->sh->live == NULL) {
+    if (zone->sh->live_size == 0) {
         return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
                                       "%s", "the live channel is off for "
                                       "this zone (civchat_zone live=0)");
+    }
+
+    if (ngx_http_civchat_live_ring(zone) != NGX_OK) {
+        return ngx_http_civchat_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "zone_full", "%s", "the zone has no "
+                                      "room for the live channel");
     }
 
     if (ngx_http_civchat_stream_key(r, lcf, &key) != NGX_OK) {
@@ -245,6 +305,7 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
     cln->data = st;
 
     ngx_queue_insert_tail(&zone->streams, &st->queue);
+    (void) ngx_atomic_fetch_add(&zone->sh->streams, 1);
 
     if (!zone->live_ev.timer_set) {
         zone->live_read = zone->sh->live_seq;
@@ -307,6 +368,7 @@ ngx_http_civchat_stream_cleanup(void *data)
     ngx_http_civchat_stream_t  *st = data;
 
     ngx_queue_remove(&st->queue);
+    (void) ngx_atomic_fetch_add(&st->zone->sh->streams, -1);
 }
 
 

@@ -283,6 +283,10 @@ ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone, size_t size)
             return p;
         }
 
+        if (ngx_http_civchat_live_drop_oldest(zone) == NGX_OK) {
+            continue;
+        }
+
         if (ngx_http_civchat_evict_one(zone) != NGX_OK) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "civchat zone \"%V\" cannot hold %uz bytes",
