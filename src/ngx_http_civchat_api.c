@@ -52,8 +52,10 @@ static ngx_int_t ngx_http_civchat_api_one(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op);
 static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
-static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_civchat_ctx_t *ctx,
-    u_char *kind, ngx_str_t *id, u_char *buf);
+static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, u_char *kind, ngx_str_t *id);
+static ngx_int_t ngx_http_civchat_api_url_id(ngx_http_request_t *r,
+    ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_import(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
 static ngx_int_t ngx_http_civchat_api_row(ngx_http_request_t *r,
@@ -74,6 +76,7 @@ ngx_int_t
 ngx_http_civchat_api_handler(ngx_http_request_t *r)
 {
     ngx_int_t                     rc;
+    ngx_str_t                     challenge;
     ngx_http_civchat_ctx_t       *ctx;
     ngx_http_civchat_route_t     *rt;
     ngx_http_civchat_loc_conf_t  *lcf;
@@ -84,6 +87,14 @@ ngx_http_civchat_api_handler(ngx_http_request_t *r)
         rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
             return rc;
+        }
+
+        ngx_str_set(&challenge, "Bearer realm=\"civchat\"");
+
+        if (ngx_http_civchat_add_header(r, "WWW-Authenticate", &challenge)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         return ngx_http_civchat_error(r, NGX_HTTP_UNAUTHORIZED,
@@ -279,7 +290,7 @@ static ngx_int_t
 ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     ngx_http_civchat_route_t *rt)
 {
-    u_char               kind, buf[NGX_HTTP_CIVCHAT_EMAIL_MAX + 1];
+    u_char               kind;
     ngx_int_t            rc;
     ngx_str_t            body, id;
     ngx_uint_t           op;
@@ -344,7 +355,7 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
                                           "users takes POST");
         }
 
-        if (ngx_http_civchat_api_by_body(ctx, &kind, &id, buf) != NGX_OK) {
+        if (ngx_http_civchat_api_by_body(r, ctx, &kind, &id) != NGX_OK) {
             return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
                                           "missing_field", "%s",
                                           "ID is required: user_id, email "
@@ -359,6 +370,21 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
                                       "missing_field", "%s",
                                       "ID is required");
+    }
+
+    if (ngx_http_civchat_api_url_id(r, rt) != NGX_OK) {
+        if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE)) {
+            /* no profile can have such an ID */
+            return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND,
+                                          "not_found", "%s",
+                                          "User with this ID does not "
+                                          "exist");
+        }
+
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_attribute", "%s",
+                                      "the ID is not a valid key, user_id "
+                                      "or email");
     }
 
     if (rt->route == NGX_HTTP_CIVCHAT_API_MESSAGES) {
@@ -556,46 +582,33 @@ ngx_http_civchat_api_message(ngx_http_request_t *r,
 }
 
 
-/* which profile a body names: user_id, else email, else key */
+/*
+ * Which profile a body names: user_id, else email, else key, read as
+ * the widget reads them (trimmed; a number is its decimal text; an email
+ * in lower case and checked).
+ */
 
 static ngx_int_t
-ngx_http_civchat_api_by_body(ngx_http_civchat_ctx_t *ctx, u_char *kind,
-    ngx_str_t *id, u_char *buf)
+ngx_http_civchat_api_by_body(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, u_char *kind, ngx_str_t *id)
 {
-    json_t  *v;
-    size_t   i;
+    json_t      *v;
+    const char  *reason;
 
     v = json_object_get(ctx->body, "user_id");
 
-    if (json_is_integer(v)) {
-        id->data = buf;
-        id->len = ngx_http_civchat_integer_text(buf, json_integer_value(v))
-                  - buf;
-        *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
-        return NGX_OK;
-    }
-
-    if (json_is_string(v) && json_string_length(v)
-        && json_string_length(v) <= NGX_HTTP_CIVCHAT_USER_ID_MAX)
+    if (v != NULL
+        && ngx_http_civchat_user_id(r->pool, v, id, &reason) == NGX_OK)
     {
-        id->data = (u_char *) json_string_value(v);
-        id->len = json_string_length(v);
         *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
         return NGX_OK;
     }
 
     v = json_object_get(ctx->body, "email");
 
-    if (json_is_string(v) && json_string_length(v)
-        && json_string_length(v) <= NGX_HTTP_CIVCHAT_EMAIL_MAX)
+    if (v != NULL
+        && ngx_http_civchat_email(r->pool, v, id, &reason) == NGX_OK)
     {
-        id->len = json_string_length(v);
-        id->data = buf;
-
-        for (i = 0; i < id->len; i++) {
-            buf[i] = ngx_tolower(json_string_value(v)[i]);
-        }
-
         *kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
         return NGX_OK;
     }
@@ -616,6 +629,36 @@ ngx_http_civchat_api_by_body(ngx_http_civchat_ctx_t *ctx, u_char *kind,
 }
 
 
+/* an ID in the URL, read as the same field in a body would be */
+
+static ngx_int_t
+ngx_http_civchat_api_url_id(ngx_http_request_t *r,
+    ngx_http_civchat_route_t *rt)
+{
+    json_t      *v;
+    ngx_int_t    rc;
+    const char  *reason;
+
+    if (rt->kind == NGX_HTTP_CIVCHAT_BY_KEY) {
+        return ngx_http_civchat_valid_key(rt->id.data, rt->id.len)
+               ? NGX_OK : NGX_DECLINED;
+    }
+
+    v = json_stringn((char *) rt->id.data, rt->id.len);
+    if (v == NULL) {
+        return NGX_DECLINED;
+    }
+
+    rc = (rt->kind == NGX_HTTP_CIVCHAT_BY_USER_ID)
+         ? ngx_http_civchat_user_id(r->pool, v, &rt->id, &reason)
+         : ngx_http_civchat_email(r->pool, v, &rt->id, &reason);
+
+    json_decref(v);
+
+    return (rc == NGX_OK) ? NGX_OK : NGX_DECLINED;
+}
+
+
 /*
  * Batch add-or-update: NDJSON (one object a line) or CSV (a header row
  * of attribute names).  Each row is its own create-or-update, under its
@@ -629,6 +672,7 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
 {
     u_char        *p, *last, *eol;
     json_t        *answer, *results, *row, *header;
+    ngx_pool_t    *pool;
     ngx_int_t      rc;
     ngx_uint_t     n, csv, counts[3];
     const char    *err;
@@ -699,7 +743,24 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
             }
         }
 
+        /*
+         * what a row allocates (events, copies) dies with the row: a
+         * large import would otherwise grow the request pool per row
+         */
+        pool = r->pool;
+
+        r->pool = ngx_create_pool(4096, r->connection->log);
+        if (r->pool == NULL) {
+            r->pool = pool;
+            json_decref(row);
+            rc = NGX_ERROR;
+            break;
+        }
+
         rc = ngx_http_civchat_api_row(r, ctx, row, n, results, counts);
+
+        ngx_destroy_pool(r->pool);
+        r->pool = pool;
 
         json_decref(row);
     }
@@ -725,7 +786,7 @@ static ngx_int_t
 ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     json_t *row, ngx_uint_t n, json_t *results, ngx_uint_t *counts)
 {
-    u_char                      kind, buf[NGX_HTTP_CIVCHAT_EMAIL_MAX + 1];
+    u_char                      kind;
     json_t                     *user, *res;
     ngx_int_t                   rc;
     ngx_str_t                   id;
@@ -740,7 +801,7 @@ ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     ngx_str_null(&ctx->email);
     ngx_memzero(&ctx->user, sizeof(ngx_http_civchat_user_t));
 
-    if (ngx_http_civchat_api_by_body(ctx, &kind, &id, buf) != NGX_OK) {
+    if (ngx_http_civchat_api_by_body(r, ctx, &kind, &id) != NGX_OK) {
         ngx_http_civchat_api_row_error(results, n, "missing_field",
                                        "ID is required: user_id, email or "
                                        "key", counts);
@@ -805,11 +866,12 @@ static json_t *
 ngx_http_civchat_csv_record(u_char **pos, u_char *last, json_t *header,
     const char **err)
 {
-    u_char      *p, *field, *q;
+    u_char      *p, *field, *q, *start;
     json_t      *rec, *name;
     ngx_uint_t   col, quoted, end;
 
     p = *pos;
+    start = p;
     *err = NULL;
     col = 0;
     end = 0;
@@ -837,7 +899,10 @@ ngx_http_civchat_csv_record(u_char **pos, u_char *last, json_t *header,
         for ( ;; ) {
             if (p == last) {
                 if (quoted) {
+                    /* the rest of the file is not this record's field */
                     *err = "a quoted field is not closed";
+                    p = start;
+                    end = 0;
                     goto failed;
                 }
 
