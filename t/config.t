@@ -271,6 +271,10 @@ SKIP: {
 		$text =~ s/^(\s*civchat_geoip\b)/#$1/m unless $made;
 	}
 
+	# an nginx built from upstream source logs to <prefix>/logs/access.log
+	# by default (Debian's to /var/log/nginx): give it that directory
+	mkdir("$d/logs");
+
 	my ($rc, $out) = $t->test_config($text, 'example.conf');
 	is($rc, 0, 'conf.example passes nginx -t') or diag($out);
 	unlike($out, qr/\[(emerg|alert|crit)\]/, 'conf.example: no errors');
