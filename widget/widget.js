@@ -22,9 +22,8 @@
 
     /* 1. state and small helpers ------------------------------------- */
 
-    /* The module writes its location's absolute base here: a copy put in
-     * by a tag manager, with a query string or with no currentScript
-     * still talks to the right place. */
+    /* The module writes its location's absolute base here: a copy from
+     * a tag manager or with no currentScript finds it too. */
     var BASE = "%%CIVCHAT_BASE%%";
 
     var KEY_ITEM = 'civchat_key';
@@ -65,6 +64,8 @@
             busy: false,
             listeners: [],
             timer: 0,
+            live: null,         /* an EventSource, see hear() */
+            liveKey: '',
             ui: null
         };
     }
@@ -180,6 +181,16 @@
         }
     }
 
+    /* JSON text as an object; anything else as {} */
+    function parse(text) {
+        var v = null;
+
+        try {
+            v = JSON.parse(text);
+        } catch (e) { /* not JSON */ }
+        return isObj(v) ? v : {};
+    }
+
     function listen(target, type, fn) {
         target.addEventListener(type, fn, false);
         S.listeners.push([target, type, fn]);
@@ -253,9 +264,8 @@
         });
     }
 
-    /* POSTs text, then done(status, answer), status 0 if unreachable.
-     * keepalive: delivered even if the page goes away meanwhile (64 KB of
-     * such bodies may be in flight). */
+    /* POSTs text, then done(status, answer), status 0 if unreachable;
+     * keepalive (up to 64 KB in flight) outlives the page. */
     function transmit(url, text, type, done) {
         var called = false;
 
@@ -282,12 +292,7 @@
     }
 
     function answer(path, status, text, done) {
-        var data = null, i, ign;
-
-        try {
-            data = JSON.parse(text);
-        } catch (e) { /* not JSON */ }
-        data = isObj(data) ? data : {};
+        var data = parse(text), i, ign;
 
         if (status < 200 || status > 299) {
             /* validation errors name the field in the server's detail */
@@ -300,6 +305,7 @@
         }
 
         saveKey(data.key);
+        hear(data.key);
 
         ign = data.ignored;
         for (i = 0; ign && i < ign.length; i++) {
@@ -309,9 +315,6 @@
             }
         }
 
-        if (data.payload !== undefined && data.payload !== null) {
-            fire('onPayloadReceived', data.payload);
-        }
         done(data);
     }
 
@@ -332,9 +335,8 @@
         transmit(url, text, 'text/plain', function () {});
     }
 
-    /* Hidden (it may be killed) or unloading: what is queued leaves now
-     * by beacon; after pagehide so do later calls and those waiting for
-     * init. */
+    /* Hidden (it may be killed) or unloading: the queue leaves by
+     * beacon; after pagehide so do later and waiting calls. */
     function flush(unloading) {
         var s = S, jobs = s.queue, i;
 
@@ -347,6 +349,34 @@
             if (!s.settled) {
                 replay();
             }
+        }
+    }
+
+
+    /* The live channel (server-sent events) of the last answer's key;
+     * the browser reconnects with Last-Event-ID.  "profile": ignored. */
+    function hear(key) {
+        var s = S;
+
+        if (KEY_RE.test(key) && key !== s.liveKey && !s.destroyed &&
+            window.EventSource)
+        {
+            if (s.live) {
+                s.live.close();
+            }
+            s.liveKey = key;
+            s.live = new window.EventSource(BASE + 'stream' +
+                (CROSS ? '?key=' + key : ''), { withCredentials: true });
+            s.live.addEventListener('message', function (e) {
+                var text = parse(e.data).content;
+
+                if (typeof text === 'string' && text) {
+                    message(text, false);
+                }
+            }, false);
+            s.live.addEventListener('payload', function (e) {
+                fire('onPayloadReceived', parse(e.data).content);
+            }, false);
         }
     }
 
@@ -444,8 +474,8 @@
         return svg;
     }
 
-    /* A constructed style sheet: a strict CSP (style-src without
-     * 'unsafe-inline') blocks <style> elements, not the CSSOM. */
+    /* A constructed style sheet: a strict CSP blocks <style>, not the
+     * CSSOM. */
     function styles(root) {
         var sheet;
 
@@ -543,12 +573,16 @@
         document.body.appendChild(ui.host);
     }
 
-    /* One chat message, rendered as text. */
+    /* One chat message, rendered as text (no greeting after it). */
     function message(text, mine) {
         var ui = S.ui;
 
-        ui.body.appendChild(el('div', mine ? 'm me' : 'm', 'message', text));
-        ui.body.scrollTop = ui.body.scrollHeight;
+        if (ui) {
+            ui.greeted = true;
+            ui.body.appendChild(el('div', mine ? 'm me' : 'm', 'message',
+                                   text));
+            ui.body.scrollTop = ui.body.scrollHeight;
+        }
         fire('onMessage', { content: text, isAdmin: !mine });
     }
 
@@ -611,8 +645,7 @@
         }
     }
 
-    /* The module has no live chat yet: a visitor's message is shown and
-     * recorded as the event "chat_message". */
+    /* What the visitor writes: shown and sent (a chat_message event). */
     function send(e) {
         var text = S.ui.input.value.replace(/^\s+|\s+$/g, '');
 
@@ -620,7 +653,7 @@
         if (text) {
             S.ui.input.value = '';
             message(text, true);
-            command('event.chat_message', { content: text });
+            request('message', makeBody({ content: text }));
         }
     }
 
@@ -636,7 +669,7 @@
     };
 
     /* UE.pageHit(data): a page view of location.href (SPAs call it on
-     * each route); data may carry attributes and an "event" object. */
+     * each route); data: attributes and an "event" object. */
     function pageHit(data) {
         pageView(makeBody(data));
     }
@@ -685,7 +718,7 @@
     }
 
     /* Public entry points: dead after destroy; until init has answered
-     * calls wait (they need its cookie or key), then run in order. */
+     * calls wait (for its cookie or key). */
     function api(fn) {
         return function () {
             var args = arguments;
@@ -715,8 +748,8 @@
         }
     }
 
-    /* Removes every node and listener the widget added; calls are then
-     * refused until UE.init() (or this script included again). */
+    /* Removes all the widget added; calls are then refused until
+     * UE.init() (or this script included again). */
     function destroy() {
         var l, host = S.ui && S.ui.host;
 
@@ -727,6 +760,9 @@
         S.destroyed = true;
         UE.isReady = false;
         clearTimeout(S.timer);
+        if (S.live) {
+            S.live.close();
+        }
         while ((l = S.listeners.pop())) {
             l[0].removeEventListener(l[1], l[2], false);
         }
@@ -768,7 +804,7 @@
     }
 
     /* Legacy UE.refresh(options): the same merge, then all of civchat
-     * as a page view: a civchat changed at run time reaches the server. */
+     * as a page view (a civchat changed at run time). */
     function refresh(options) {
         merge(options);
         if (!S.started && !S.destroyed) {
@@ -793,8 +829,8 @@
         UE.refresh = refresh;
     }
 
-    /* The stub's calls, in order; a reference to the stub the site kept
-     * pushes to userengage.q, which now forwards them. */
+    /* The stub's calls, in order; a kept reference to the stub pushes to
+     * userengage.q, which now forwards them. */
     function unstub() {
         var stub = window.userengage, q = isFn(stub) && stub.q,
             ue = window.userengage = api(command), i;
