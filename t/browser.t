@@ -9,7 +9,10 @@
 # "other site" of the cross-origin case), checks the served script (up to
 # date, its endpoint base written in, under 10 KB gzipped), then runs the
 # browser scenarios, each of which prints one JSON line per check, turned
-# here into ok / not ok.  The demo screenshot is kept in build/browser/.
+# here into ok / not ok.  The server API location (/civchat-api/) lets
+# them send messages and payloads to a visitor's live channel; one
+# scenario reloads nginx (the master's pid is passed) to see the browser
+# reconnect.  The demo screenshot is kept in build/browser/.
 #
 # Needs node, /usr/bin/chromium and t/browser/node_modules (make test
 # installs them: util/deps.sh and npm ci); skipped without them.
@@ -93,6 +96,12 @@ http {
             gzip_types  application/javascript;
         }
 
+        location /civchat-api/ {
+            civchat_api        zone=users;
+            civchat_api_token  browser-test-token-0123456789;
+            civchat_store      file=%%TESTDIR%%/events.ndjson flush=100ms;
+        }
+
         location /civchat-g/ {
             civchat               zone=users;
             civchat_api_key       TESTKEY;
@@ -164,6 +173,9 @@ $ENV{CIVCHAT_CROSS} = 'http://localhost:' . $t->port(1);
 $ENV{CIVCHAT_STORE} = $t->testdir() . '/events.ndjson';
 $ENV{CIVCHAT_SHOTS} = $shots;
 $ENV{CIVCHAT_CHROMIUM} = $chromium;
+$ENV{CIVCHAT_API} = 'http://127.0.0.1:' . $t->port(0) . '/civchat-api/';
+$ENV{CIVCHAT_API_TOKEN} = 'browser-test-token-0123456789';
+$ENV{CIVCHAT_NGINX_PID} = $t->master_pid();
 
 my $timeout = $ENV{CIVCHAT_BROWSER_TIMEOUT} // 300;
 my ($done, $checks) = (undef, 0);

@@ -12,7 +12,10 @@
  * Environment (set by t/browser.t): CIVCHAT_ORIGIN (the nginx serving the
  * pages and /civchat/), CIVCHAT_CROSS (the same pages on another origin),
  * CIVCHAT_STORE (the store file), CIVCHAT_SHOTS (where the screenshot
- * goes), CIVCHAT_CHROMIUM; CIVCHAT_BROWSER_ONLY=name,... picks scenarios.
+ * goes), CIVCHAT_CHROMIUM, CIVCHAT_API and CIVCHAT_API_TOKEN (the server
+ * API, which sends messages to the live channel), CIVCHAT_NGINX_PID (the
+ * master, reloaded by the live channel scenario);
+ * CIVCHAT_BROWSER_ONLY=name,... picks scenarios.
  */
 
 'use strict';
@@ -27,6 +30,9 @@ const STORE = process.env.CIVCHAT_STORE;
 const SHOTS = process.env.CIVCHAT_SHOTS || '.';
 const ONLY = (process.env.CIVCHAT_BROWSER_ONLY || '').split(',')
     .filter(Boolean);
+const API = process.env.CIVCHAT_API;
+const API_TOKEN = process.env.CIVCHAT_API_TOKEN;
+const NGINX_PID = +process.env.CIVCHAT_NGINX_PID;
 
 const BLUE = 'rgb(59, 91, 219)';        /* the launcher's background */
 const SCENARIO_MS = 30000;
@@ -117,11 +123,38 @@ class Page {
         this.answers = [];      /* {path, status, json, headers} */
         this.console = [];      /* {type, text} */
         this.errors = [];       /* uncaught page errors */
+        this.streams = [];      /* the live channel: {url, type, headers,
+                                   status, ended} a connection */
 
         page.on('console', (m) => this.console.push({
             type: m.type(), text: m.text()
         }));
         page.on('pageerror', (e) => this.errors.push(String(e)));
+        page.on('request', (r) => {
+            if (/\/civchat[^/]*\/stream(\?|$)/.test(r.url())) {
+                this.streams.push({
+                    req: r, url: r.url(), type: r.resourceType(),
+                    headers: r.headers(), status: 0, ended: false
+                });
+            }
+        });
+        const ended = (r) => {
+            const st = this.streams.find((x) => x.req === r);
+            if (st) {
+                st.ended = true;
+            }
+        };
+        page.on('requestfailed', ended);
+        page.on('requestfinished', ended);
+        page.on('response', async (res) => {
+            const st = this.streams.find((x) => x.req === res.request());
+            if (st) {
+                /* with what the network stack added (Last-Event-ID) */
+                st.headers = await res.request().allHeaders();
+                st.responseHeaders = res.headers();
+                st.status = res.status();
+            }
+        });
         page.on('request', (r) => {
             if (r.method() !== 'POST' || !/\/civchat[^/]*\/[a-z_]+$/
                 .test(r.url()))
@@ -207,6 +240,45 @@ class Page {
         return this.ctx.cookies(ORIGIN).then((cs) =>
             cs.find((c) => c.name === '__ca__chat'));
     }
+
+    /* the n-th connection of the live channel, once it has answered */
+    async stream(n = 1) {
+        await until(() => this.streams.length >= n &&
+                          this.streams[n - 1].status, 8000);
+        return this.streams[n - 1] || {};
+    }
+
+    /* the texts of the panel's messages */
+    messages() {
+        return this.w('message').allTextContents();
+    }
+
+    /* the arguments of each call of a callback */
+    async fired(name) {
+        return (await this.log()).filter((e) => e[0] === name)
+            .map((e) => e[1]);
+    }
+}
+
+
+/* the server API, as a site's backend calls it --------------------------- */
+
+async function api(ctx, method, path, data) {
+    const res = await ctx.request.fetch(API + path, {
+        method: method, data: data,
+        headers: { Authorization: 'Bearer ' + API_TOKEN }
+    });
+    let json = null;
+
+    try {
+        json = await res.json();
+    } catch (e) { /* not JSON */ }
+    return { status: res.status(), json: json };
+}
+
+/* a message ({content}) or payload ({type: 'payload', content}) */
+function sayTo(ctx, key, body) {
+    return api(ctx, 'POST', 'users/key/' + key + '/messages', body);
 }
 
 
@@ -600,41 +672,36 @@ scenario('widget commands and callbacks', async (T) => {
     T.ok(!await p.visible('panel') && show(await counts()) === show([3, 3]),
          'Escape closes, onClose');
 
-    /* the visitor writes in the panel: text, onMessage, an event */
+    /* the visitor writes in the panel: text, onMessage, the message
+     * endpoint, a chat_message event */
     await p.w('launcher').click();
     await p.w('input').fill('hello <b>there</b>');
     await p.w('input').press('Enter');
     const mine = p.w('message').last();
     T.is(await mine.textContent(), 'hello <b>there</b>',
          'the visitor message shows as text');
+    T.is(await mine.getAttribute('class'), 'm me', 'as the visitor\'s');
     const msgs = (await p.log()).filter((e) => e[0] === 'onMessage');
     T.ok(msgs.length === 2 && msgs[1][1].isAdmin === false &&
          msgs[1][1].content === 'hello <b>there</b>',
          'onMessage for the visitor message', show(msgs));
-    const ev = await events({ user_key: key, type: 'event',
-                              name: 'chat_message' });
-    T.ok(ev.length === 1 &&
-         JSON.parse(ev[0].attrs).content === 'hello <b>there</b>',
-         'it is recorded as the event chat_message', show(ev));
+    const sent = await p.answer('message');
+    const body = (p.calls('message')[0] || {}).body || {};
+    T.ok(sent.status === 200 && body.content === 'hello <b>there</b>' &&
+         body.apiKey === 'TESTKEY' && body.url === p.page.url(),
+         'it is sent to the message endpoint', show([body, sent]));
+    const ev = await events({ user_key: key, type: 'chat_message' });
+    T.ok(ev.length === 1 && show(JSON.parse(ev[0].attrs)) ===
+         show({ content: 'hello <b>there</b>', isAdmin: false }) &&
+         ev[0].url === p.page.url(),
+         'it is recorded as a chat_message event', show(ev));
+    T.is(p.calls('event').length, 0, 'not through the event endpoint');
 
     await step('widget.hide', false, false, [4, 4],
                'widget.hide of an open panel closes it, onClose');
     await p.ue('widget.show');
 
-    /* onPayloadReceived: the module sends no payload yet; the answer is
-     * given one on its way to the page */
-    await p.page.route('**/civchat/event', async (route) => {
-        const res = await route.fetch();
-        const json = await res.json();
-        json.payload = 'console.log("from an automation")';
-        await route.fulfill({ response: res, json: json });
-    });
-    await p.ue('event.payload_probe');
-    T.ok(await until(async () => (await p.log()).some((e) =>
-        e[0] === 'onPayloadReceived' &&
-        e[1] === 'console.log("from an automation")')),
-         'a payload in an answer reaches onPayloadReceived');
-    await p.page.unroute('**/civchat/event');
+    /* (onPayloadReceived: payloads come by the live channel, see there) */
 
     /* a throwing callback does not break the widget */
     await p.eval(() => {
@@ -706,6 +773,185 @@ scenario('destroy and re-init', async (T) => {
     });
     T.ok(await p.loaded(3), 'widget.js included after destroy restarts it');
     T.is(await p.page.locator('#civchat-root').count(), 1, 'one widget');
+});
+
+
+/* the live channel ------------------------------------------------------- */
+
+scenario('live channel', async (T) => {
+    const p = await T.open('/basic.html?s=' + T.tag + '&state=expanded');
+    await p.loaded();
+    const key = (await p.answer('init')).json.key;
+
+    const st = await p.stream();
+    T.ok(st.status === 200 && st.type === 'eventsource' &&
+         /^text\/event-stream/.test(st.responseHeaders['content-type']),
+         'an EventSource on stream once init has answered', show(st.url));
+    T.is(st.url, ORIGIN + '/civchat/stream',
+         'same-origin: no key in its URL (the cookie)');
+    T.is(show(await p.messages()), show(['Hi! How can we help?']),
+         'the panel shows the greeting');
+
+    /* an agent's message, through the server API */
+    const text = 'Hello from <b>support</b> & co\nline two';
+    const a = await sayTo(T.ctx, key, { content: text });
+    T.ok(a.status === 200 && a.json.sent === true && a.json.key === key,
+         'the API sends a message', show(a));
+    T.ok(await until(async () => (await p.messages()).length === 2),
+         'it appears in the open panel');
+    const m = p.w('message').last();
+    T.is(await m.textContent(), text, 'as text');
+    T.is(await m.getAttribute('class'), 'm', 'as an agent\'s message');
+    T.is(await p.page.locator('#civchat-root b').count(), 0,
+         'no element made from it');
+    T.is(show(await p.fired('onMessage')),
+         show([{ content: 'Hi! How can we help?', isAdmin: true },
+               { content: text, isAdmin: true }]),
+         'onMessage({content, isAdmin: true})');
+
+    /* payloads */
+    const payload = { coupon: 'X-1', items: [1, 2], nested: { ok: true } };
+    await sayTo(T.ctx, key, { type: 'payload', content: payload });
+    await sayTo(T.ctx, key, { type: 'payload', content: 'window.__ran=1' });
+    T.ok(await until(async () => (await p.fired('onPayloadReceived'))
+        .length === 2), 'payloads fire onPayloadReceived');
+    T.is(show(await p.fired('onPayloadReceived')),
+         show([payload, 'window.__ran=1']), 'with the content as sent');
+    T.is(await p.eval(() => window.__ran), undefined, 'never run');
+    T.is((await p.messages()).length, 2, 'a payload shows nothing');
+
+    /* profile changes, by the page and by the API, and another visitor's
+     * message: nothing visible; the next message comes after them */
+    await p.ue('client.update', { plan: 'gold' });
+    await p.answer('update');
+    const put = await api(T.ctx, 'PUT', 'users/key/' + key, { score: 3 });
+    T.is(put.status, 200, 'the API changes the profile');
+    const other = await api(T.ctx, 'POST', 'users',
+                            { user_id: 'other-' + T.tag });
+    T.ok(other.json && other.json.user && other.json.user.key !== key,
+         'another visitor', show(other));
+    await sayTo(T.ctx, other.json.user.key, { content: 'not for you' });
+    await sayTo(T.ctx, key, { content: 'for you' });
+    T.ok(await until(async () => (await p.messages()).length === 3),
+         'the next message arrives');
+    await sleep(300);
+    T.is(show(await p.messages()), show(['Hi! How can we help?', text,
+                                         'for you']),
+         'profile changes and another visitor\'s message show nothing');
+    T.is((await p.fired('onMessage')).length, 3,
+         'and fire no onMessage');
+
+    /* the visitor answers */
+    await p.w('input').fill('thanks <i>agent</i>');
+    await p.w('input').press('Enter');
+    const sent = await p.answer('message');
+    T.ok(sent.status === 200 && p.calls('message').length === 1 &&
+         p.calls('message')[0].body.content === 'thanks <i>agent</i>',
+         'what the visitor types goes to the message endpoint', show(sent));
+    const ev = await events({ user_key: key, type: 'chat_message',
+                              attrs: (x) => /"isAdmin":false/.test(x) });
+    T.ok(ev.length === 1 && show(JSON.parse(ev[0].attrs)) ===
+         show({ content: 'thanks <i>agent</i>', isAdmin: false }),
+         'a chat_message event lands in the store', show(ev));
+    const admin = await events({ user_key: key, type: 'chat_message',
+                                 name: /^(message|payload)$/ }, 4);
+    T.is(admin.length, 4, 'and so do the API\'s messages and payloads');
+    const om = await p.fired('onMessage');
+    T.ok(om.length === 4 && om[3].isAdmin === false &&
+         om[3].content === 'thanks <i>agent</i>',
+         'onMessage({content, isAdmin: false})', show(om));
+    await sleep(300);
+    T.is((await p.messages()).length, 4, 'shown once, not echoed back');
+
+    /* a message while the panel is closed: there when it opens */
+    await p.ue('widget.close');
+    await sayTo(T.ctx, key, { content: 'while closed' });
+    T.ok(await until(async () => (await p.fired('onMessage')).length === 5),
+         'a message while the panel is closed fires onMessage');
+    await p.ue('widget.open');
+    T.is((await p.messages()).pop(), 'while closed',
+         'and is in the panel when it opens');
+
+    /* resetAuth: a new identity, a new stream for its key */
+    await p.eval(() => UE.resetAuth({}));
+    const r = (await p.answer('reset_auth')).json || {};
+    const st2 = await p.stream(2);
+    T.ok(st2.status === 200 && st.ended,
+         'resetAuth: the old stream closed, a new one opened',
+         show([st.ended, st2.status]));
+    await sayTo(T.ctx, key, { content: 'to the old identity' });
+    await sayTo(T.ctx, r.key, { content: 'to the new identity' });
+    T.ok(await until(async () => (await p.messages()).indexOf(
+        'to the new identity') >= 0), 'resetAuth: the new key\'s message');
+    await sleep(300);
+    T.is(show(await p.messages()), show(['Hi! How can we help?',
+                                         'to the new identity']),
+         'resetAuth: not the old key\'s (a new conversation)');
+
+    /* destroy closes it */
+    await p.eval(() => UE.destroy());
+    T.ok(await until(() => st2.ended), 'UE.destroy() closes the stream');
+    const n = (await p.fired('onMessage')).length;
+    await sayTo(T.ctx, r.key, { content: 'after destroy' });
+    await sleep(500);
+    T.is((await p.fired('onMessage')).length, n, 'and no onMessage after');
+    T.is(p.streams.length, 2, 'and it does not reconnect');
+
+    T.is(p.said('error').length + p.said('warning').length, 0,
+         'no console error or warning', show(p.console));
+    T.is(p.errors.length, 0, 'no uncaught error');
+});
+
+scenario('live channel across a reload', async (T) => {
+    const p = await T.open('/basic.html?s=' + T.tag + '&state=expanded');
+    await p.loaded();
+    const key = (await p.answer('init')).json.key;
+    await p.stream();
+
+    await sayTo(T.ctx, key, { content: 'before' });
+    T.ok(await until(async () => (await p.messages()).length === 2),
+         'a message before the reload');
+
+    /* nginx -s reload: the old worker's streams end; what is said before
+     * the browser is back (it waits 3 s, "retry: 3000") reaches it after,
+     * by Last-Event-ID */
+    process.kill(NGINX_PID, 'SIGHUP');
+    T.ok(await until(() => p.streams[0].ended, 5000),
+         'the stream ends with the old worker');
+    await sayTo(T.ctx, key, { content: 'during' });
+    const st = await p.stream(2);
+    T.ok(st.status === 200 && /^\d+$/.test(st.headers['last-event-id']),
+         'the browser reconnects with Last-Event-ID',
+         show(st.headers));
+    await sayTo(T.ctx, key, { content: 'after' });
+    T.ok(await until(async () => (await p.messages()).length === 4, 6000),
+         'what was said meanwhile and after arrives');
+    await sleep(400);
+    T.is(show(await p.messages()),
+         show(['Hi! How can we help?', 'before', 'during', 'after']),
+         'once each, in order');
+});
+
+scenario('live channel cross-origin', async (T) => {
+    const p = await T.open(CROSS + '/cross.html?s=' + T.tag +
+                           '&state=expanded');
+    await p.loaded();
+    const key = (await p.answer('init')).json.key;
+
+    const st = await p.stream();
+    T.is(st.url, ORIGIN + '/civchat/stream?key=' + key,
+         'the stream carries the stored key in its URL');
+    T.is(st.status, 200, 'it answers');
+    T.ok(st.responseHeaders && st.responseHeaders[
+        'access-control-allow-origin'] === CROSS &&
+         st.responseHeaders['access-control-allow-credentials'] === 'true',
+         'with CORS headers for the site',
+         show(st.responseHeaders));
+    await sayTo(T.ctx, key, { content: 'hello over there' });
+    T.ok(await until(async () => (await p.messages()).indexOf(
+        'hello over there') >= 0), 'an agent\'s message arrives');
+    T.is(p.console.filter((m) => /CORS|Access-Control/.test(m.text)).length,
+         0, 'no CORS error', show(p.console));
 });
 
 
