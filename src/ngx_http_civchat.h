@@ -23,6 +23,7 @@
 #define NGX_HTTP_CIVCHAT_EMAIL_MAX       254
 #define NGX_HTTP_CIVCHAT_EVENT_ID_LEN    32
 #define NGX_HTTP_CIVCHAT_PINS            8
+#define NGX_HTTP_CIVCHAT_UA_MAX          512
 
 
 /* attribute types declared with civchat_attribute */
@@ -507,6 +508,7 @@ ngx_int_t ngx_http_civchat_stream_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
 void ngx_http_civchat_live_init_process(ngx_http_civchat_zone_t *zone,
     ngx_cycle_t *cycle);
+void ngx_http_civchat_live_exit_process(ngx_http_civchat_zone_t *zone);
 
 /* api.c */
 ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);

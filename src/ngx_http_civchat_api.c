@@ -866,12 +866,11 @@ static json_t *
 ngx_http_civchat_csv_record(u_char **pos, u_char *last, json_t *header,
     const char **err)
 {
-    u_char      *p, *field, *q, *start;
+    u_char      *p, *field, *q;
     json_t      *rec, *name;
     ngx_uint_t   col, quoted, end;
 
     p = *pos;
-    start = p;
     *err = NULL;
     col = 0;
     end = 0;
@@ -893,19 +892,41 @@ ngx_http_civchat_csv_record(u_char **pos, u_char *last, json_t *header,
 
     while (!end) {
         quoted = (p < last && *p == '"');
+
+        if (quoted) {
+
+            /*
+             * unquoting rewrites the body: a field that is not closed
+             * must leave it as it is for the records that follow
+             */
+
+            for (q = p + 1; q < last; q++) {
+                if (*q == '"') {
+                    if (q + 1 < last && q[1] == '"') {
+                        q++;
+                        continue;
+                    }
+
+                    break;
+                }
+            }
+
+            if (q == last) {
+                /*
+                 * the rest of the file is not this record's field: the
+                 * record ends with the quote's line (the lines before it,
+                 * in a closed field, are unquoted already)
+                 */
+                *err = "a quoted field is not closed";
+                goto failed;
+            }
+        }
+
         field = quoted ? ++p : p;
         q = field;
 
         for ( ;; ) {
             if (p == last) {
-                if (quoted) {
-                    /* the rest of the file is not this record's field */
-                    *err = "a quoted field is not closed";
-                    p = start;
-                    end = 0;
-                    goto failed;
-                }
-
                 end = 1;
                 break;
             }

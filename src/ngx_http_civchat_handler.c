@@ -20,7 +20,6 @@
 
 
 #define NGX_HTTP_CIVCHAT_CONTEXT_MAX     4096
-#define NGX_HTTP_CIVCHAT_UA_MAX          512
 
 
 typedef struct {
@@ -77,8 +76,9 @@ static ngx_int_t ngx_http_civchat_answer(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_answer_pixel(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
-static json_t *ngx_http_civchat_user_json(ngx_http_civchat_user_t *u);
-static json_t *ngx_http_civchat_string_or_null(ngx_str_t *s);
+static u_char *ngx_http_civchat_json_string(u_char *p, ngx_str_t *s);
+static size_t ngx_http_civchat_json_size(ngx_str_t *s);
+static void ngx_http_civchat_short_name(ngx_str_t *name);
 
 
 static ngx_http_civchat_endpoint_t  ngx_http_civchat_endpoints[] = {
@@ -168,6 +168,20 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
             return ngx_http_civchat_reject(r, NGX_HTTP_NOT_ALLOWED,
                                            "method_not_allowed",
                                            "stream takes GET");
+        }
+
+        /* a widget on another site reads its stream with CORS too */
+        rc = ngx_http_civchat_origin(r, lcf, &origin);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_civchat_reject(r, NGX_HTTP_FORBIDDEN,
+                                           "origin_not_allowed",
+                                           "this Origin may not call "
+                                           "civchat");
+        }
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         return ngx_http_civchat_stream_handler(r, lcf);
@@ -1465,74 +1479,146 @@ ngx_http_civchat_unprofiled(ngx_http_request_t *r,
 }
 
 
+/*
+ * The answer is written with ngx_sprintf() and JSON escaping: it is on
+ * every page view, and building it with jansson cost more than the rest.
+ */
+
 static ngx_int_t
 ngx_http_civchat_answer(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 {
-    u_char                      *buf;
+    u_char                      *buf, *p;
     size_t                       len;
-    json_t                      *answer, *ignored, *widget;
+    ngx_str_t                    state, *name;
     ngx_uint_t                   i;
-    const char                  *state;
+    ngx_http_civchat_user_t     *u;
     ngx_http_civchat_ignored_t  *ig;
 
     if (ctx->endpoint == NGX_HTTP_CIVCHAT_PIXEL) {
         return ngx_http_civchat_answer_pixel(r, ctx);
     }
 
-    answer = json_pack("{s:s%,s:o}",
-                       "key", (char *) ctx->user.key.data, ctx->user.key.len,
-                       "user", ngx_http_civchat_user_json(&ctx->user));
-    if (answer == NULL) {
+    u = &ctx->user;
+    ig = ctx->ignored.elts;
+
+    if (ctx->state.len) {
+        state = ctx->state;
+
+    } else {
+        state.data = (u_char *)
+                     ngx_http_civchat_state_names[ctx->lcf->widget_state];
+        state.len = ngx_strlen(state.data);
+    }
+
+    len = sizeof("{\"key\":\"\",\"user\":{\"key\":\"\",\"user_id\":,"
+                 "\"email\":,\"name\":,\"first_seen\":,\"last_seen\":,"
+                 "\"page_views\":,\"sessions\":},\"ignored\":[],"
+                 "\"widget\":{\"state\":\"\",\"greeting\":\"\"}}\n")
+          + 2 * u->key.len + 4 * NGX_TIME_T_LEN
+          + ngx_http_civchat_json_size(&u->user_id)
+          + ngx_http_civchat_json_size(&u->email)
+          + ngx_http_civchat_json_size(&u->name)
+          + ngx_http_civchat_json_size(&state)
+          + ngx_http_civchat_json_size(&ctx->lcf->greeting);
+
+    for (i = 0; i < ctx->ignored.nelts; i++) {
+        ngx_http_civchat_short_name(&ig[i].name);
+
+        len += sizeof("{\"name\":,\"reason\":\"\"},")
+               + ngx_http_civchat_json_size(&ig[i].name)
+               + ngx_strlen(ig[i].reason);
+    }
+
+    buf = ngx_pnalloc(r->pool, len);
+    if (buf == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ctx->ignored.nelts) {
-        ignored = json_array();
-        json_object_set_new(answer, "ignored", ignored);
+    p = ngx_sprintf(buf, "{\"key\":\"%V\",\"user\":{\"key\":\"%V\","
+                    "\"user_id\":", &u->key, &u->key);
+    p = ngx_http_civchat_json_string(p, &u->user_id);
+    p = ngx_cpymem(p, ",\"email\":", sizeof(",\"email\":") - 1);
+    p = ngx_http_civchat_json_string(p, &u->email);
+    p = ngx_cpymem(p, ",\"name\":", sizeof(",\"name\":") - 1);
+    p = ngx_http_civchat_json_string(p, &u->name);
+    p = ngx_sprintf(p, ",\"first_seen\":%T,\"last_seen\":%T,"
+                    "\"page_views\":%ui,\"sessions\":%ui}",
+                    u->first_seen, u->last_seen, u->page_views,
+                    u->sessions);
 
-        ig = ctx->ignored.elts;
+    if (ctx->ignored.nelts) {
+        p = ngx_cpymem(p, ",\"ignored\":[", sizeof(",\"ignored\":[") - 1);
 
         for (i = 0; i < ctx->ignored.nelts; i++) {
-            json_array_append_new(ignored,
-                                  json_pack("{s:s%,s:s}", "name",
-                                            (char *) ig[i].name.data,
-                                            ig[i].name.len,
-                                            "reason", ig[i].reason));
+            name = &ig[i].name;
+            p = ngx_cpymem(p, i ? ",{\"name\":" : "{\"name\":",
+                           i ? sizeof(",{\"name\":") - 1
+                             : sizeof("{\"name\":") - 1);
+            *p++ = '"';
+            p = (u_char *) ngx_escape_json(p, name->data, name->len);
+            p = ngx_sprintf(p, "\",\"reason\":\"%s\"}", ig[i].reason);
         }
+
+        *p++ = ']';
     }
 
     if (ctx->endpoint == NGX_HTTP_CIVCHAT_INIT) {
-        state = ctx->state.len
-                ? (const char *) ctx->state.data
-                : ngx_http_civchat_state_names[ctx->lcf->widget_state];
-
-        widget = json_pack("{s:s%,s:s%}", "state", state,
-                           ctx->state.len ? ctx->state.len
-                                          : ngx_strlen(state),
-                           "greeting", (char *) ctx->lcf->greeting.data,
-                           ctx->lcf->greeting.len);
-
-        json_object_set_new(answer, "widget", widget);
+        p = ngx_cpymem(p, ",\"widget\":{\"state\":",
+                       sizeof(",\"widget\":{\"state\":") - 1);
+        p = ngx_http_civchat_json_string(p, &state);
+        p = ngx_cpymem(p, ",\"greeting\":", sizeof(",\"greeting\":") - 1);
+        p = ngx_http_civchat_json_string(p, &ctx->lcf->greeting);
+        *p++ = '}';
     }
 
-    len = json_dumpb(answer, NULL, 0, JSON_COMPACT);
-
-    buf = ngx_pnalloc(r->pool, len + 1);
-    if (buf == NULL) {
-        json_decref(answer);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = json_dumpb(answer, (char *) buf, len, JSON_COMPACT);
-    buf[len++] = '\n';
-
-    json_decref(answer);
+    p = ngx_cpymem(p, "}\n", 2);
 
     if (ngx_http_civchat_set_cookie(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_civchat_send_json(r, NGX_HTTP_OK, buf, len);
+    return ngx_http_civchat_send_json(r, NGX_HTTP_OK, buf, p - buf);
+}
+
+
+/* a JSON string, or null for an empty one */
+
+static u_char *
+ngx_http_civchat_json_string(u_char *p, ngx_str_t *s)
+{
+    if (s->len == 0) {
+        return ngx_cpymem(p, "null", 4);
+    }
+
+    *p++ = '"';
+    p = (u_char *) ngx_escape_json(p, s->data, s->len);
+    *p++ = '"';
+
+    return p;
+}
+
+
+static size_t
+ngx_http_civchat_json_size(ngx_str_t *s)
+{
+    return sizeof("\"\"") + s->len + ngx_escape_json(NULL, s->data, s->len);
+}
+
+
+/* an ignored field's name is echoed cut to 128 bytes of whole letters */
+
+static void
+ngx_http_civchat_short_name(ngx_str_t *name)
+{
+    if (name->len <= 128) {
+        return;
+    }
+
+    name->len = 128;
+
+    while (name->len && (name->data[name->len] & 0xc0) == 0x80) {
+        name->len--;
+    }
 }
 
 
@@ -1545,32 +1631,6 @@ ngx_http_civchat_answer_pixel(ngx_http_request_t *r,
     }
 
     return ngx_http_civchat_send_gif(r);
-}
-
-
-static json_t *
-ngx_http_civchat_user_json(ngx_http_civchat_user_t *u)
-{
-    return json_pack("{s:s%,s:o,s:o,s:o,s:I,s:I,s:I,s:I}",
-                     "key", (char *) u->key.data, u->key.len,
-                     "user_id", ngx_http_civchat_string_or_null(&u->user_id),
-                     "email", ngx_http_civchat_string_or_null(&u->email),
-                     "name", ngx_http_civchat_string_or_null(&u->name),
-                     "first_seen", (json_int_t) u->first_seen,
-                     "last_seen", (json_int_t) u->last_seen,
-                     "page_views", (json_int_t) u->page_views,
-                     "sessions", (json_int_t) u->sessions);
-}
-
-
-static json_t *
-ngx_http_civchat_string_or_null(ngx_str_t *s)
-{
-    if (s->len == 0) {
-        return json_null();
-    }
-
-    return json_stringn((char *) s->data, s->len);
 }
 
 

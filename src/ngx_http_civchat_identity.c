@@ -69,12 +69,10 @@ static json_t *ngx_http_civchat_profile_json(ngx_http_civchat_zone_t *zone,
 static ngx_int_t ngx_http_civchat_change(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, json_t *attrs, ngx_str_t *name,
     json_t *value);
-static void ngx_http_civchat_set_automatic(json_t *attrs, const char *name,
-    ngx_str_t *value);
-static void ngx_http_civchat_fill_geo(json_t *attrs,
-    ngx_http_civchat_geo_t *geo);
-static void ngx_http_civchat_fill_one(json_t *attrs, const char *name,
-    ngx_str_t *value);
+static void ngx_http_civchat_set_automatic(ngx_http_civchat_ctx_t *ctx,
+    json_t *attrs, const char *name, ngx_str_t *value);
+static void ngx_http_civchat_fill_geo(ngx_http_civchat_ctx_t *ctx,
+    json_t *attrs);
 static void ngx_http_civchat_page_view(ngx_http_civchat_ctx_t *ctx,
     ngx_http_civchat_profile_t *p);
 static ngx_int_t ngx_http_civchat_save_attrs(ngx_http_request_t *r,
@@ -385,11 +383,11 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 
     if (ngx_http_civchat_visits(ctx)) {
         ngx_http_civchat_page_view(ctx, p);
-        ngx_http_civchat_set_automatic(attrs, "last_ip", &ctx->ip);
+        ngx_http_civchat_set_automatic(ctx, attrs, "last_ip", &ctx->ip);
         (void) ngx_http_civchat_store_set_ua(zone, p, &ctx->user_agent);
-        ngx_http_civchat_set_automatic(attrs, "browser_language",
+        ngx_http_civchat_set_automatic(ctx, attrs, "browser_language",
                                        &ctx->language);
-        ngx_http_civchat_fill_geo(attrs, &ctx->geo);
+        ngx_http_civchat_fill_geo(ctx, attrs);
     }
 
     if (ngx_http_civchat_save_attrs(r, ctx, p, attrs) != NGX_OK) {
@@ -1171,8 +1169,8 @@ ngx_http_civchat_change(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 /* automatic attributes change with every visit and emit no event */
 
 static void
-ngx_http_civchat_set_automatic(json_t *attrs, const char *name,
-    ngx_str_t *value)
+ngx_http_civchat_set_automatic(ngx_http_civchat_ctx_t *ctx, json_t *attrs,
+    const char *name, ngx_str_t *value)
 {
     json_t  *old;
 
@@ -1190,27 +1188,30 @@ ngx_http_civchat_set_automatic(json_t *attrs, const char *name,
 
     json_object_set_new(attrs, name,
                         json_stringn((char *) value->data, value->len));
+    ctx->changed = 1;
 }
 
 
 /* GeoIP fills the geo attributes the site has not set itself */
 
 static void
-ngx_http_civchat_fill_geo(json_t *attrs, ngx_http_civchat_geo_t *geo)
+ngx_http_civchat_fill_geo(ngx_http_civchat_ctx_t *ctx, json_t *attrs)
 {
-    ngx_http_civchat_fill_one(attrs, "country", &geo->country);
-    ngx_http_civchat_fill_one(attrs, "region", &geo->region);
-    ngx_http_civchat_fill_one(attrs, "city", &geo->city);
-    ngx_http_civchat_fill_one(attrs, "timezone", &geo->timezone);
-}
+    ngx_uint_t   i;
+    ngx_str_t   *value;
 
+    static const char  *names[] = { "country", "region", "city",
+                                    "timezone" };
 
-static void
-ngx_http_civchat_fill_one(json_t *attrs, const char *name, ngx_str_t *value)
-{
-    if (value->len && json_object_get(attrs, name) == NULL) {
-        json_object_set_new(attrs, name,
-                            json_stringn((char *) value->data, value->len));
+    for (i = 0; i < 4; i++) {
+        value = &ctx->geo.country + i;
+
+        if (value->len && json_object_get(attrs, names[i]) == NULL) {
+            json_object_set_new(attrs, names[i],
+                                json_stringn((char *) value->data,
+                                             value->len));
+            ctx->changed = 1;
+        }
     }
 }
 
@@ -1228,10 +1229,9 @@ ngx_http_civchat_page_view(ngx_http_civchat_ctx_t *ctx,
     }
 
     p->page_views++;
-    p->last_seen = now;
+    p->last_seen = (uint32_t) now;
 
     ctx->lcf->zone->sh->changes++;
-    ctx->changed = 1;
 }
 
 
@@ -1243,7 +1243,8 @@ ngx_http_civchat_save_attrs(ngx_http_request_t *r,
     size_t  len;
     u_char  *text;
 
-    if (!ctx->changed && !ngx_http_civchat_visits(ctx)) {
+    if (!ctx->changed) {
+        /* a page view of a profile whose attributes stay as they are */
         return NGX_OK;
     }
 

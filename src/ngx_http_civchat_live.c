@@ -35,6 +35,7 @@ typedef struct {
     ngx_http_civchat_zone_t      *zone;
     ngx_str_t                     key;
     ngx_uint_t                    sent;
+    uint64_t                      last;      /* the last id it was sent */
 } ngx_http_civchat_stream_t;
 
 
@@ -147,10 +148,18 @@ ngx_http_civchat_live_publish(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
     uint64_t                  seq;
     ngx_http_civchat_live_t  *m;
 
-    if (zone->sh->live == NULL || zone->sh->streams == 0 || key->len == 0
+    if (zone->sh->live == NULL || key->len == 0
         || key->len > NGX_HTTP_CIVCHAT_KEY_MAX)
     {
-        /* nobody listens: a stream opened later starts from now */
+        /* no stream ever opened: nothing to tell */
+        return;
+    }
+
+    if (type == NGX_HTTP_CIVCHAT_LIVE_PROFILE && zone->sh->streams == 0) {
+        /*
+         * profile changes matter to open widgets only; messages stay in
+         * the ring for a widget that reconnects with Last-Event-ID
+         */
         return;
     }
 
@@ -264,6 +273,7 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
     st->r = r;
     st->zone = zone;
     st->key = key;
+    st->last = last;
 
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
@@ -436,6 +446,13 @@ ngx_http_civchat_stream_event(ngx_http_civchat_stream_t *st,
     /* the data is one line of JSON: no newline to split */
     p = ngx_sprintf(text, "id: %uL\nevent: %s\ndata: %V\n\n", m->seq,
                     ngx_http_civchat_live_types[m->type], &m->data);
+
+    if (m->seq <= st->last) {
+        /* replayed already, or from before the stream opened */
+        return NGX_OK;
+    }
+
+    st->last = m->seq;
 
     if (ngx_http_civchat_stream_send(st, text, p - text) != NGX_OK) {
         return NGX_ERROR;
@@ -617,4 +634,35 @@ ngx_http_civchat_live_handler(ngx_event_t *ev)
     }
 
     ngx_destroy_pool(pool);
+}
+
+
+/*
+ * The worker exits (reload, quit): its streams are closed here, before
+ * nginx counts open sockets; the browsers reconnect to the new workers.
+ */
+
+void
+ngx_http_civchat_live_exit_process(ngx_http_civchat_zone_t *zone)
+{
+    ngx_queue_t                *q;
+    ngx_http_civchat_stream_t  *st;
+
+    if (zone->streams.next == NULL) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&zone->streams)) {
+        q = ngx_queue_head(&zone->streams);
+        ngx_queue_remove(q);
+
+        st = ngx_queue_data(q, ngx_http_civchat_stream_t, queue);
+
+        (void) ngx_atomic_fetch_add(&zone->sh->streams, -1);
+
+        /* the cleanup must not unlink it again */
+        ngx_queue_init(&st->queue);
+
+        ngx_close_connection(st->r->connection);
+    }
 }

@@ -961,6 +961,7 @@ ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                     i;
     ngx_http_civchat_sink_t      **sinks;
+    ngx_http_civchat_zone_t      **zones;
     ngx_http_civchat_main_conf_t  *mcf;
 
     mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_civchat_module);
@@ -972,6 +973,12 @@ ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < mcf->sinks->nelts; i++) {
         ngx_http_civchat_sink_exit_process(sinks[i], cycle);
+    }
+
+    zones = mcf->zones->elts;
+
+    for (i = 0; i < mcf->zones->nelts; i++) {
+        ngx_http_civchat_live_exit_process(zones[i]);
     }
 
     if (ngx_process == NGX_PROCESS_SINGLE) {

@@ -155,17 +155,20 @@ ngx_http_civchat_header_is_1(ngx_table_elt_t *h, const char *name,
 ngx_int_t
 ngx_http_civchat_is_bot(ngx_str_t *ua)
 {
+    u_char      lower[NGX_HTTP_CIVCHAT_UA_MAX];
+    size_t      len;
     ngx_str_t  *b;
 
     if (ua->len == 0) {
         return 0;
     }
 
+    /* lower case once, then a plain (vectorised) search per fragment */
+    len = ngx_min(ua->len, sizeof(lower));
+    ngx_strlow(lower, ua->data, len);
+
     for (b = ngx_http_civchat_bots; b->len; b++) {
-        if (ngx_strlcasestrn(ua->data, ua->data + ua->len, b->data,
-                             b->len - 1)
-            != NULL)
-        {
+        if (memmem(lower, len, b->data, b->len) != NULL) {
             return 1;
         }
     }
