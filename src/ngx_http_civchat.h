@@ -454,7 +454,6 @@ ngx_int_t ngx_http_civchat_normalize_name(ngx_pool_t *pool, u_char *name,
     size_t len, ngx_str_t *out, const char **reason);
 json_t *ngx_http_civchat_attr_value(ngx_http_civchat_loc_conf_t *lcf,
     ngx_str_t *name, json_t *value, const char **reason);
-u_char *ngx_http_civchat_integer_text(u_char *buf, json_int_t n);
 ngx_int_t ngx_http_civchat_user_id(ngx_pool_t *pool, json_t *value,
     ngx_str_t *out, const char **reason);
 ngx_int_t ngx_http_civchat_email(ngx_pool_t *pool, json_t *value,

@@ -102,6 +102,7 @@ static ngx_int_t ngx_http_civchat_parse_real(u_char *p, size_t len,
     double *d);
 static ngx_int_t ngx_http_civchat_number_text(json_t *value, u_char *buf,
     size_t *len);
+static u_char *ngx_http_civchat_integer_text(u_char *buf, json_int_t n);
 static size_t ngx_http_civchat_real_text(double d, u_char *buf);
 static ngx_int_t ngx_http_civchat_enum(json_t *value,
     const ngx_http_civchat_word_t *words, ngx_int_t max);
@@ -1028,7 +1029,7 @@ ngx_http_civchat_number_text(json_t *value, u_char *buf, size_t *len)
  * overflows for the smallest one
  */
 
-u_char *
+static u_char *
 ngx_http_civchat_integer_text(u_char *buf, json_int_t n)
 {
     if (n < 0) {
