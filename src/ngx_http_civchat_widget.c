@@ -88,7 +88,8 @@ ngx_http_civchat_widget_handler(ngx_http_request_t *r,
 /*
  * The endpoint base written into the script, so that a copy inserted by
  * a tag manager or with a query string still talks to this location:
- * civchat_widget_base, else scheme://Host/ plus the request's directory.
+ * civchat_widget_base, else the scheme, the Host header and the request's
+ * directory.
  */
 
 static ngx_int_t
