@@ -349,14 +349,16 @@ ngx_http_civchat_pixel_arg(ngx_http_request_t *r, json_t *body,
         return NGX_ERROR;
     }
 
-    /* form encoding: '+' is a space */
+    /*
+     * form encoding: '+' is a space; replaced in a copy, so that the
+     * request's own arguments ($args) stay as they came
+     */
     for (src = value.data; src < value.data + value.len; src++) {
-        if (*src == '+') {
-            *src = ' ';
-        }
+        *dst++ = (*src == '+') ? ' ' : *src;
     }
 
-    src = value.data;
+    dst -= value.len;
+    src = dst;
     value.data = dst;
     ngx_unescape_uri(&dst, &src, value.len, 0);
     value.len = dst - value.data;
