@@ -355,6 +355,8 @@ extern ngx_module_t  ngx_http_civchat_module;
 ngx_int_t ngx_http_civchat_handler(ngx_http_request_t *r);
 ngx_uint_t ngx_http_civchat_endpoint(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
+ngx_http_civchat_ctx_t *ngx_http_civchat_new_ctx(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_uint_t endpoint, size_t extra);
 ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body);
 ngx_int_t ngx_http_civchat_send_json(ngx_http_request_t *r,
     ngx_uint_t status, u_char *data, size_t len);

@@ -103,8 +103,8 @@ ngx_http_civchat_api_handler(ngx_http_request_t *r)
                                       "(Authorization: Bearer TOKEN)");
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_ctx_t)
-                               + sizeof(ngx_http_civchat_route_t));
+    ctx = ngx_http_civchat_new_ctx(r, lcf, NGX_HTTP_CIVCHAT_UPDATE,
+                                   sizeof(ngx_http_civchat_route_t));
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -117,26 +117,15 @@ ngx_http_civchat_api_handler(ngx_http_request_t *r)
             return rc;
         }
 
-        return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
-                                      "%s", "unknown API route");
+        rc = ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                    "%s", "unknown API route");
+
+        /* with a context, an error answer reports how it was sent */
+        return ctx->answered ? ctx->answer_rc : rc;
     }
 
-    ctx->lcf = lcf;
-    ctx->endpoint = NGX_HTTP_CIVCHAT_UPDATE;
     ctx->api = 1;
     ctx->site = lcf->api_site;
-
-    if (ngx_array_init(&ctx->ignored, r->pool, 4,
-                       sizeof(ngx_http_civchat_ignored_t))
-        != NGX_OK
-        || ngx_array_init(&ctx->events, r->pool, 4,
-                          sizeof(ngx_http_civchat_event_t))
-           != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_set_ctx(r, ctx, ngx_http_civchat_module);
 
     rc = ngx_http_read_client_request_body(r, ngx_http_civchat_api_body);
 

@@ -40,9 +40,8 @@ static ngx_int_t ngx_http_civchat_process(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_process_parsed(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
-static ngx_http_civchat_ctx_t *ngx_http_civchat_new_ctx(
-    ngx_http_request_t *r, ngx_http_civchat_loc_conf_t *lcf,
-    ngx_uint_t endpoint);
+static ngx_int_t ngx_http_civchat_check_origin(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_int_t *answer);
 static ngx_int_t ngx_http_civchat_pixel(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
 static ngx_int_t ngx_http_civchat_pixel_arg(ngx_http_request_t *r,
@@ -135,7 +134,6 @@ ngx_int_t
 ngx_http_civchat_handler(ngx_http_request_t *r)
 {
     ngx_int_t                     rc;
-    ngx_str_t                     origin;
     ngx_uint_t                    endpoint;
     ngx_http_civchat_ctx_t       *ctx;
     ngx_http_civchat_loc_conf_t  *lcf;
@@ -171,17 +169,8 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
         }
 
         /* a widget on another site reads its stream with CORS too */
-        rc = ngx_http_civchat_origin(r, lcf, &origin);
-
-        if (rc == NGX_DECLINED) {
-            return ngx_http_civchat_reject(r, NGX_HTTP_FORBIDDEN,
-                                           "origin_not_allowed",
-                                           "this Origin may not call "
-                                           "civchat");
-        }
-
-        if (rc == NGX_ERROR) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (ngx_http_civchat_check_origin(r, lcf, &rc) != NGX_OK) {
+            return rc;
         }
 
         return ngx_http_civchat_stream_handler(r, lcf);
@@ -203,16 +192,8 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
                                        "this endpoint takes POST");
     }
 
-    rc = ngx_http_civchat_origin(r, lcf, &origin);
-
-    if (rc == NGX_DECLINED) {
-        return ngx_http_civchat_reject(r, NGX_HTTP_FORBIDDEN,
-                                       "origin_not_allowed",
-                                       "this Origin may not call civchat");
-    }
-
-    if (rc == NGX_ERROR) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (ngx_http_civchat_check_origin(r, lcf, &rc) != NGX_OK) {
+        return rc;
     }
 
     if (ngx_http_civchat_media_type(r) != NGX_OK) {
@@ -229,7 +210,7 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
                                        "civchat_body_limit");
     }
 
-    ctx = ngx_http_civchat_new_ctx(r, lcf, endpoint);
+    ctx = ngx_http_civchat_new_ctx(r, lcf, endpoint, 0);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -244,13 +225,43 @@ ngx_http_civchat_handler(ngx_http_request_t *r)
 }
 
 
-static ngx_http_civchat_ctx_t *
+/*
+ * NGX_OK: the Origin may call; else NGX_DECLINED, and *answer is what
+ * the content handler returns (the 403 was sent, or a 500 is due)
+ */
+
+static ngx_int_t
+ngx_http_civchat_check_origin(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_int_t *answer)
+{
+    ngx_int_t  rc;
+    ngx_str_t  origin;
+
+    rc = ngx_http_civchat_origin(r, lcf, &origin);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    *answer = (rc == NGX_DECLINED)
+              ? ngx_http_civchat_reject(r, NGX_HTTP_FORBIDDEN,
+                                        "origin_not_allowed",
+                                        "this Origin may not call civchat")
+              : NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    return NGX_DECLINED;
+}
+
+
+/* the request's context; "extra" bytes follow it for the caller's use */
+
+ngx_http_civchat_ctx_t *
 ngx_http_civchat_new_ctx(ngx_http_request_t *r,
-    ngx_http_civchat_loc_conf_t *lcf, ngx_uint_t endpoint)
+    ngx_http_civchat_loc_conf_t *lcf, ngx_uint_t endpoint, size_t extra)
 {
     ngx_http_civchat_ctx_t  *ctx;
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_ctx_t));
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_ctx_t) + extra);
     if (ctx == NULL) {
         return NULL;
     }
@@ -292,7 +303,7 @@ ngx_http_civchat_pixel(ngx_http_request_t *r, ngx_http_civchat_loc_conf_t *lcf)
         return rc;
     }
 
-    ctx = ngx_http_civchat_new_ctx(r, lcf, NGX_HTTP_CIVCHAT_PIXEL);
+    ctx = ngx_http_civchat_new_ctx(r, lcf, NGX_HTTP_CIVCHAT_PIXEL, 0);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
