@@ -252,7 +252,9 @@ if ($collector == 0) {
 				last unless $n;
 			}
 
-			print $out $rest;
+			# one write a batch: O_APPEND keeps two collectors'
+			# batches from interleaving (print may split a long one)
+			syswrite($out, $rest);
 			print $c "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 		}
 
