@@ -1393,15 +1393,28 @@ ngx_http_civchat_spool_write(ngx_http_civchat_http_t *h,
 
     n = ngx_write_fd(fd, b->start + NGX_HTTP_CIVCHAT_HDR_RESERVE, b->len);
 
-    ngx_close_file(fd);
-
     if (n != (ssize_t) b->len) {
-        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
-                      "civchat_store: cannot spool, writing \"%s\" failed",
-                      tmp);
+
+        /* a full disk may first cut a write short, without an errno */
+
+        if (n == -1) {
+            ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                          "civchat_store: cannot spool, writing \"%s\" "
+                          "failed", tmp);
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "civchat_store: cannot spool, writing \"%s\" "
+                          "was incomplete, %z of %uz bytes written",
+                          tmp, n, b->len);
+        }
+
+        ngx_close_file(fd);
         ngx_delete_file(tmp);
         return NGX_ERROR;
     }
+
+    ngx_close_file(fd);
 
     if (ngx_rename_file(tmp, name) == NGX_FILE_ERROR) {
         ngx_log_error(NGX_LOG_ERR, log, ngx_errno,

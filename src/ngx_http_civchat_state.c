@@ -233,9 +233,24 @@ ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone, u_char *buf,
 
     n = ngx_write_fd(fd, buf, len);
 
-    if (n != (ssize_t) len || fsync(fd) == -1) {
-        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
-                      "civchat: writing state \"%s\" failed", tmp);
+    if (n == (ssize_t) len && fsync(fd) == -1) {
+        n = -1;
+    }
+
+    if (n != (ssize_t) len) {
+
+        /* a full disk may first cut a write short, without an errno */
+
+        if (n == -1) {
+            ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                          "civchat: writing state \"%s\" failed", tmp);
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "civchat: writing state \"%s\" was incomplete, "
+                          "%z of %uz bytes written", tmp, n, len);
+        }
+
         ngx_close_file(fd);
         ngx_delete_file(tmp);
         ngx_free(tmp);
