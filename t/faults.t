@@ -252,9 +252,19 @@ if ($collector == 0) {
 				last unless $n;
 			}
 
+			# a batch cut short is not answered, so it is sent
+			# again; kept, its last line would run into the next
+			# batch's first
+			last if length $rest < $len;
+
 			# one write a batch: O_APPEND keeps two collectors'
 			# batches from interleaving (print may split a long one)
-			syswrite($out, $rest);
+			if ((syswrite($out, $rest) // -1) != length $rest) {
+				# not die(): END would unmount the tmpfs
+				print STDERR "# collector: writing a batch: $!\n";
+				POSIX::_exit(1);
+			}
+
 			print $c "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 		}
 
