@@ -234,6 +234,9 @@ typedef struct {
     ngx_http_civchat_geoip_t     *geoip;
     ngx_http_civchat_stats_t     *stats;     /* shared counters */
 
+    /* the first two letters of every bot fragment, a bit for each */
+    u_char                        bot_pairs[65536 / 8];
+
     /* per worker: getrandom() output not used yet */
     size_t                        random_pos;
     u_char                        random[512];
@@ -467,6 +470,22 @@ ngx_int_t ngx_http_civchat_parse_type(ngx_str_t *type);
 json_t *ngx_http_civchat_company(ngx_http_civchat_loc_conf_t *lcf,
     json_t *value, const char **reason);
 
+/* json.c */
+typedef struct {
+    const char                   *text;
+    size_t                        position;
+} ngx_http_civchat_json_error_t;
+
+json_t *ngx_http_civchat_json_parse(ngx_pool_t *pool, u_char *data,
+    size_t len, ngx_http_civchat_json_error_t *err);
+size_t ngx_http_civchat_json_size(json_t *v);
+u_char *ngx_http_civchat_json_write(u_char *p, json_t *v);
+ngx_int_t ngx_http_civchat_json_text(ngx_pool_t *pool, json_t *v,
+    ngx_str_t *text);
+size_t ngx_http_civchat_json_quoted_len(const u_char *p, size_t len);
+u_char *ngx_http_civchat_json_quote(u_char *dst, const u_char *p,
+    size_t len);
+
 /* event.c */
 ngx_int_t ngx_http_civchat_add_event(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, const char *type, ngx_str_t *name,
@@ -487,7 +506,8 @@ void ngx_http_civchat_privacy(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 ngx_http_civchat_geo_t *ngx_http_civchat_geo(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
-ngx_int_t ngx_http_civchat_is_bot(ngx_str_t *ua);
+void ngx_http_civchat_bot_pairs(u_char *pairs);
+ngx_int_t ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua);
 ngx_int_t ngx_http_civchat_add_variables(ngx_conf_t *cf);
 
 /* status.c */

@@ -283,7 +283,6 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     ngx_int_t            rc;
     ngx_str_t            body, id;
     ngx_uint_t           op;
-    json_error_t         err;
     ngx_pool_cleanup_t  *cln;
 
     rc = ngx_http_civchat_read_body(r, &body);
@@ -305,8 +304,8 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         ctx->body = json_object();
 
     } else if (r->method & (NGX_HTTP_POST|NGX_HTTP_PUT|NGX_HTTP_PATCH)) {
-        ctx->body = body.len ? json_loadb((char *) body.data, body.len, 0,
-                                          &err)
+        ctx->body = body.len ? ngx_http_civchat_json_parse(r->pool, body.data,
+                                                           body.len, NULL)
                              : json_object();
 
         if (!json_is_object(ctx->body)) {
@@ -661,11 +660,10 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
 {
     u_char        *p, *last, *eol;
     json_t        *answer, *results, *row, *header;
-    ngx_pool_t    *pool;
+    ngx_pool_t    *pool, *parse;
     ngx_int_t      rc;
     ngx_uint_t     n, csv, counts[3];
     const char    *err;
-    json_error_t   jerr;
 
     csv = ngx_http_civchat_api_type_is(r, "text/csv");
 
@@ -690,6 +688,14 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
                                           "the header row is unreadable: %s",
                                           err ? err : "empty");
         }
+    }
+
+    /* what the JSON reader needs while it reads one row */
+    parse = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, r->connection->log);
+    if (parse == NULL) {
+        json_decref(header);
+        json_decref(results);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     for (n = 1; p < last && rc == NGX_OK; n++) {
@@ -720,7 +726,8 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
                 continue;
             }
 
-            row = json_loadb((char *) p, eol - p, 0, &jerr);
+            row = ngx_http_civchat_json_parse(parse, p, eol - p, NULL);
+            ngx_reset_pool(parse);
             p = eol + 1;
 
             if (!json_is_object(row)) {
@@ -754,6 +761,7 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
         json_decref(row);
     }
 
+    ngx_destroy_pool(parse);
     json_decref(header);
 
     if (rc != NGX_OK) {

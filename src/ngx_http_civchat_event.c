@@ -24,16 +24,21 @@ static size_t ngx_http_civchat_event_size(ngx_http_civchat_ctx_t *ctx,
 static u_char *ngx_http_civchat_event_line(u_char *p,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_event_t *ev,
     u_char *id, ngx_time_t *tp);
-static u_char *ngx_http_civchat_json_field(u_char *p, const char *name,
-    ngx_str_t *value);
+static u_char *ngx_http_civchat_json_field(u_char *p, u_char *name,
+    size_t len, ngx_str_t *value);
 static size_t ngx_http_civchat_json_len(ngx_str_t *value);
+
+
+/* ,"name":"value" with the name's text known when compiled */
+#define ngx_http_civchat_field(p, name, value)                               \
+    ngx_http_civchat_json_field(p, (u_char *) ",\"" name "\":",              \
+                                sizeof(",\"" name "\":") - 1, value)
 
 
 ngx_int_t
 ngx_http_civchat_add_event(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     const char *type, ngx_str_t *name, json_t *attrs)
 {
-    size_t                     len;
     ngx_http_civchat_event_t  *ev;
 
     ev = ngx_array_push(&ctx->events);
@@ -55,17 +60,7 @@ ngx_http_civchat_add_event(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         return NGX_OK;
     }
 
-    len = json_dumpb(attrs, NULL, 0, JSON_COMPACT);
-
-    ev->attrs.data = ngx_pnalloc(r->pool, len);
-    if (ev->attrs.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ev->attrs.len = json_dumpb(attrs, (char *) ev->attrs.data, len,
-                               JSON_COMPACT);
-
-    return NGX_OK;
+    return ngx_http_civchat_json_text(r->pool, attrs, &ev->attrs);
 }
 
 
@@ -160,41 +155,40 @@ ngx_http_civchat_event_line(u_char *p, ngx_http_civchat_ctx_t *ctx,
     p = ngx_hex_dump(p, id, NGX_HTTP_CIVCHAT_EVENT_ID_LEN / 2);
     p = ngx_sprintf(p, "\",\"ts\":%T%03M", tp->sec, tp->msec);
 
-    p = ngx_http_civchat_json_field(p, "site", &ctx->site);
+    p = ngx_http_civchat_field(p, "site", &ctx->site);
     p = ngx_sprintf(p, ",\"type\":\"%s\"", ev->type);
-    p = ngx_http_civchat_json_field(p, "name", &ev->name);
-    p = ngx_http_civchat_json_field(p, "user_key", &ctx->user.key);
-    p = ngx_http_civchat_json_field(p, "user_id", &ctx->user.user_id);
-    p = ngx_http_civchat_json_field(p, "email", &ctx->user.email);
-    p = ngx_http_civchat_json_field(p, "url", &ctx->url);
-    p = ngx_http_civchat_json_field(p, "referrer", &ctx->referrer);
-    p = ngx_http_civchat_json_field(p, "title", &ctx->title);
-    p = ngx_http_civchat_json_field(p, "ip", &ctx->ip);
-    p = ngx_http_civchat_json_field(p, "country", &ctx->geo.country);
-    p = ngx_http_civchat_json_field(p, "region", &ctx->geo.region);
-    p = ngx_http_civchat_json_field(p, "city", &ctx->geo.city);
-    p = ngx_http_civchat_json_field(p, "user_agent", &ctx->user_agent);
-    p = ngx_http_civchat_json_field(p, "attrs", &ev->attrs);
+    p = ngx_http_civchat_field(p, "name", &ev->name);
+    p = ngx_http_civchat_field(p, "user_key", &ctx->user.key);
+    p = ngx_http_civchat_field(p, "user_id", &ctx->user.user_id);
+    p = ngx_http_civchat_field(p, "email", &ctx->user.email);
+    p = ngx_http_civchat_field(p, "url", &ctx->url);
+    p = ngx_http_civchat_field(p, "referrer", &ctx->referrer);
+    p = ngx_http_civchat_field(p, "title", &ctx->title);
+    p = ngx_http_civchat_field(p, "ip", &ctx->ip);
+    p = ngx_http_civchat_field(p, "country", &ctx->geo.country);
+    p = ngx_http_civchat_field(p, "region", &ctx->geo.region);
+    p = ngx_http_civchat_field(p, "city", &ctx->geo.city);
+    p = ngx_http_civchat_field(p, "user_agent", &ctx->user_agent);
+    p = ngx_http_civchat_field(p, "attrs", &ev->attrs);
 
     return ngx_cpymem(p, "}\n", 2);
 }
 
 
 static u_char *
-ngx_http_civchat_json_field(u_char *p, const char *name, ngx_str_t *value)
+ngx_http_civchat_json_field(u_char *p, u_char *name, size_t len,
+    ngx_str_t *value)
 {
-    p = ngx_sprintf(p, ",\"%s\":\"", name);
-    p = (u_char *) ngx_escape_json(p, value->data, value->len);
-    *p++ = '"';
+    p = ngx_cpymem(p, name, len);
 
-    return p;
+    return ngx_http_civchat_json_quote(p, value->data, value->len);
 }
 
 
-/* ngx_escape_json(NULL, ...) counts only the bytes escaping adds */
+/* the string's length once escaped, its quotes not counted */
 
 static size_t
 ngx_http_civchat_json_len(ngx_str_t *value)
 {
-    return value->len + ngx_escape_json(NULL, value->data, value->len);
+    return ngx_http_civchat_json_quoted_len(value->data, value->len) - 2;
 }

@@ -76,7 +76,7 @@ static ngx_int_t ngx_http_civchat_answer(ngx_http_request_t *r,
 static ngx_int_t ngx_http_civchat_answer_pixel(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static u_char *ngx_http_civchat_json_string(u_char *p, ngx_str_t *s);
-static size_t ngx_http_civchat_json_size(ngx_str_t *s);
+static size_t ngx_http_civchat_json_string_len(ngx_str_t *s);
 static void ngx_http_civchat_short_name(ngx_str_t *name);
 
 
@@ -945,8 +945,8 @@ static ngx_int_t
 ngx_http_civchat_parse(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     ngx_str_t *body)
 {
-    json_error_t         err;
-    ngx_pool_cleanup_t  *cln;
+    ngx_pool_cleanup_t             *cln;
+    ngx_http_civchat_json_error_t   err;
 
     if (body->len == 0) {
         return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
@@ -960,13 +960,14 @@ ngx_http_civchat_parse(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx->body = json_loadb((char *) body->data, body->len, 0, &err);
+    ctx->body = ngx_http_civchat_json_parse(r->pool, body->data, body->len,
+                                            &err);
 
     if (ctx->body == NULL) {
         return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
                                       "invalid_json",
                                       "the body is not valid JSON: %s "
-                                      "at position %d", err.text,
+                                      "at position %uz", err.text,
                                       err.position);
     }
 
@@ -1528,17 +1529,17 @@ ngx_http_civchat_answer(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
                  "\"page_views\":,\"sessions\":},\"ignored\":[],"
                  "\"widget\":{\"state\":\"\",\"greeting\":\"\"}}\n")
           + 2 * u->key.len + 4 * NGX_TIME_T_LEN
-          + ngx_http_civchat_json_size(&u->user_id)
-          + ngx_http_civchat_json_size(&u->email)
-          + ngx_http_civchat_json_size(&u->name)
-          + ngx_http_civchat_json_size(&state)
-          + ngx_http_civchat_json_size(&ctx->lcf->greeting);
+          + ngx_http_civchat_json_string_len(&u->user_id)
+          + ngx_http_civchat_json_string_len(&u->email)
+          + ngx_http_civchat_json_string_len(&u->name)
+          + ngx_http_civchat_json_string_len(&state)
+          + ngx_http_civchat_json_string_len(&ctx->lcf->greeting);
 
     for (i = 0; i < ctx->ignored.nelts; i++) {
         ngx_http_civchat_short_name(&ig[i].name);
 
         len += sizeof("{\"name\":,\"reason\":\"\"},")
-               + ngx_http_civchat_json_size(&ig[i].name)
+               + ngx_http_civchat_json_string_len(&ig[i].name)
                + ngx_strlen(ig[i].reason);
     }
 
@@ -1603,18 +1604,15 @@ ngx_http_civchat_json_string(u_char *p, ngx_str_t *s)
         return ngx_cpymem(p, "null", 4);
     }
 
-    *p++ = '"';
-    p = (u_char *) ngx_escape_json(p, s->data, s->len);
-    *p++ = '"';
-
-    return p;
+    return ngx_http_civchat_json_quote(p, s->data, s->len);
 }
 
 
 static size_t
-ngx_http_civchat_json_size(ngx_str_t *s)
+ngx_http_civchat_json_string_len(ngx_str_t *s)
 {
-    return sizeof("\"\"") + s->len + ngx_escape_json(NULL, s->data, s->len);
+    return ngx_max(ngx_http_civchat_json_quoted_len(s->data, s->len),
+                   sizeof("null") - 1);
 }
 
 

@@ -56,7 +56,8 @@ static ngx_int_t ngx_http_civchat_claimed(ngx_http_request_t *r,
 static ngx_int_t ngx_http_civchat_ignore(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, const char *name, size_t len,
     const char *reason);
-static json_t *ngx_http_civchat_load_attrs(ngx_http_civchat_profile_t *p);
+static json_t *ngx_http_civchat_load_attrs(ngx_http_request_t *r,
+    ngx_http_civchat_profile_t *p);
 static ngx_int_t ngx_http_civchat_apply_attrs(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, json_t *attrs);
 static ngx_int_t ngx_http_civchat_apply_one(ngx_http_request_t *r,
@@ -370,7 +371,7 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
         ngx_http_civchat_apply_identity(r, ctx, p);
     }
 
-    attrs = ngx_http_civchat_load_attrs(p);
+    attrs = ngx_http_civchat_load_attrs(r, p);
     if (attrs == NULL) {
         goto done;
     }
@@ -757,8 +758,8 @@ ngx_http_civchat_merge(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     ngx_int_t    rc;
     ngx_str_t    name;
 
-    fa = ngx_http_civchat_load_attrs(from);
-    ia = ngx_http_civchat_load_attrs(into);
+    fa = ngx_http_civchat_load_attrs(r, from);
+    ia = ngx_http_civchat_load_attrs(r, into);
     data = json_object();
     text = NULL;
     rc = NGX_ERROR;
@@ -958,7 +959,8 @@ ngx_http_civchat_ignore(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 
 
 static json_t *
-ngx_http_civchat_load_attrs(ngx_http_civchat_profile_t *p)
+ngx_http_civchat_load_attrs(ngx_http_request_t *r,
+    ngx_http_civchat_profile_t *p)
 {
     json_t  *attrs;
 
@@ -966,11 +968,12 @@ ngx_http_civchat_load_attrs(ngx_http_civchat_profile_t *p)
         return json_object();
     }
 
-    attrs = json_loadb((char *) ngx_http_civchat_profile_attrs(p),
-                       p->attrs_len, 0, NULL);
+    attrs = ngx_http_civchat_json_parse(r->pool,
+                                        ngx_http_civchat_profile_attrs(p),
+                                        p->attrs_len, NULL);
 
     if (!json_is_object(attrs)) {
-        /* cannot happen: only json_dumps() output is stored */
+        /* cannot happen: only json.c's own output is stored */
         json_decref(attrs);
         return json_object();
     }
@@ -1248,7 +1251,7 @@ ngx_http_civchat_save_attrs(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    len = json_dumpb(attrs, NULL, 0, JSON_COMPACT);
+    len = ngx_http_civchat_json_size(attrs);
 
     if (len == 2) {
         /* "{}" */
@@ -1262,7 +1265,7 @@ ngx_http_civchat_save_attrs(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        (void) json_dumpb(attrs, (char *) text, len, JSON_COMPACT);
+        (void) ngx_http_civchat_json_write(text, attrs);
 
         if (ngx_memcmp(text, ngx_http_civchat_profile_attrs(p), len) == 0) {
             return NGX_OK;
@@ -1276,7 +1279,7 @@ ngx_http_civchat_save_attrs(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    (void) json_dumpb(attrs, (char *) text, len, JSON_COMPACT);
+    (void) ngx_http_civchat_json_write(text, attrs);
 
     if (ngx_http_civchat_store_set_attrs(ctx->lcf->zone, p, text, len)
         != NGX_OK)
@@ -1478,7 +1481,7 @@ ngx_http_civchat_api_profile(ngx_http_request_t *r,
         ngx_http_civchat_apply_identity(r, ctx, p);
     }
 
-    attrs = ngx_http_civchat_load_attrs(p);
+    attrs = ngx_http_civchat_load_attrs(r, p);
     if (attrs == NULL) {
         goto done;
     }

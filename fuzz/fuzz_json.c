@@ -1,0 +1,130 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+/*
+ * The JSON reader and writer (json.c) against jansson, which they stand
+ * in for: on any input, ngx_http_civchat_json_parse() must fail exactly
+ * when json_loadb() with JSON_DECODE_ANY fails and otherwise build an
+ * equal value; ngx_http_civchat_json_write() must write, byte for byte,
+ * what json_dumpb() with JSON_COMPACT writes, in exactly
+ * ngx_http_civchat_json_size() bytes; and what it writes must read back
+ * as the same value.
+ *
+ * One difference is meant: jansson skips a NUL byte that directly
+ * follows a number ("0\0" is 0 to it), json.c rejects every NUL byte
+ * outside a string as it does inside one.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+#include "common.h"
+
+
+static void fuzz_compare_text(json_t *v, ngx_pool_t *pool);
+
+
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    ngx_fuzz_init();
+
+    return 0;
+}
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    u_char                         *copy;
+    json_t                         *mine, *theirs;
+    ngx_pool_t                     *pool;
+    json_error_t                    jerr;
+    ngx_http_civchat_json_error_t   err;
+
+    pool = ngx_create_pool(1024, ngx_fuzz_log);
+    ngx_fuzz_assert(pool != NULL);
+
+    /* a copy of exactly size bytes, for ASan to see any overread */
+    copy = malloc(size ? size : 1);
+    ngx_fuzz_assert(copy != NULL);
+    ngx_memcpy(copy, data, size);
+
+    err.text = NULL;
+    mine = ngx_http_civchat_json_parse(pool, copy, size, &err);
+    theirs = json_loadb((char *) data, size, JSON_DECODE_ANY, &jerr);
+
+    if (theirs != NULL && memchr(data, '\0', size) != NULL) {
+        ngx_fuzz_assert(mine == NULL);
+        json_decref(theirs);
+        theirs = NULL;
+    }
+
+    if ((mine == NULL) != (theirs == NULL)) {
+        ngx_fuzz_fail("json.c %s (%s at %zu), jansson %s (%s at %d)",
+                      mine ? "accepts" : "rejects",
+                      err.text ? err.text : "-", err.position,
+                      theirs ? "accepts" : "rejects",
+                      theirs ? "-" : jerr.text, jerr.position);
+    }
+
+    if (mine == NULL) {
+        ngx_fuzz_assert(err.text != NULL);
+        ngx_fuzz_assert(err.position <= size);
+
+    } else {
+        ngx_fuzz_assert(json_equal(mine, theirs));
+        fuzz_compare_text(theirs, pool);
+    }
+
+    json_decref(mine);
+    json_decref(theirs);
+    free(copy);
+    ngx_destroy_pool(pool);
+
+    return 0;
+}
+
+
+static void
+fuzz_compare_text(json_t *v, ngx_pool_t *pool)
+{
+    char       *dumped;
+    json_t     *back;
+    u_char     *text, *last;
+    size_t      size, len;
+
+    size = ngx_http_civchat_json_size(v);
+
+    /* one byte more than promised, to catch a write past the size */
+    text = ngx_pnalloc(pool, size + 1);
+    ngx_fuzz_assert(text != NULL);
+    text[size] = 0xA5;
+
+    last = ngx_http_civchat_json_write(text, v);
+
+    ngx_fuzz_assert((size_t) (last - text) == size);
+    ngx_fuzz_assert(text[size] == 0xA5);
+
+    len = json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    dumped = malloc(len + 1);
+    ngx_fuzz_assert(dumped != NULL);
+    (void) json_dumpb(v, dumped, len, JSON_COMPACT | JSON_ENCODE_ANY);
+
+    if (len != size || ngx_memcmp(dumped, text, len) != 0) {
+        ngx_fuzz_fail("json.c wrote \"%.*s\", jansson \"%.*s\"",
+                      (int) size, text, (int) len, dumped);
+    }
+
+    free(dumped);
+
+    back = ngx_http_civchat_json_parse(pool, text, size, NULL);
+    ngx_fuzz_assert(back != NULL && json_equal(back, v));
+    json_decref(back);
+}
