@@ -307,6 +307,8 @@ ngx_http_civchat_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    ngx_http_civchat_bot_pairs(mcf->bot_pairs);
+
     return mcf;
 }
 

@@ -78,6 +78,8 @@ static ngx_str_t  ngx_http_civchat_bots[] = {
 void
 ngx_http_civchat_privacy(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 {
+    ngx_http_civchat_main_conf_t  *mcf;
+
     /* geo first: it uses the full address */
     (void) ngx_http_civchat_geo(r, ctx);
 
@@ -90,8 +92,12 @@ ngx_http_civchat_privacy(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
         return;
     }
 
-    if (ctx->lcf->bot_filter && ngx_http_civchat_is_bot(&ctx->user_agent)) {
-        ctx->bot = 1;
+    if (ctx->lcf->bot_filter) {
+        mcf = ngx_http_get_module_main_conf(r, ngx_http_civchat_module);
+
+        if (ngx_http_civchat_is_bot(mcf->bot_pairs, &ctx->user_agent)) {
+            ctx->bot = 1;
+        }
     }
 }
 
@@ -152,24 +158,52 @@ ngx_http_civchat_header_is_1(ngx_table_elt_t *h, const char *name,
 }
 
 
+/*
+ * A bit for each pair of bytes that starts a fragment: a browser's
+ * User-Agent has only a few such pairs, and only there are the
+ * fragments compared.
+ */
+
+void
+ngx_http_civchat_bot_pairs(u_char *pairs)
+{
+    ngx_uint_t   pair;
+    ngx_str_t   *b;
+
+    ngx_memzero(pairs, 65536 / 8);
+
+    for (b = ngx_http_civchat_bots; b->len; b++) {
+        pair = (b->data[0] << 8) | b->data[1];
+        pairs[pair >> 3] |= (u_char) (1 << (pair & 7));
+    }
+}
+
+
 ngx_int_t
-ngx_http_civchat_is_bot(ngx_str_t *ua)
+ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua)
 {
     u_char      lower[NGX_HTTP_CIVCHAT_UA_MAX];
-    size_t      len;
+    size_t      len, i;
     ngx_str_t  *b;
+    ngx_uint_t  pair;
 
-    if (ua->len == 0) {
-        return 0;
-    }
-
-    /* lower case once, then a plain (vectorised) search per fragment */
     len = ngx_min(ua->len, sizeof(lower));
     ngx_strlow(lower, ua->data, len);
 
-    for (b = ngx_http_civchat_bots; b->len; b++) {
-        if (memmem(lower, len, b->data, b->len) != NULL) {
-            return 1;
+    for (i = 0; i + 1 < len; i++) {
+        pair = (lower[i] << 8) | lower[i + 1];
+
+        if (!(pairs[pair >> 3] & (1 << (pair & 7)))) {
+            continue;
+        }
+
+        for (b = ngx_http_civchat_bots; b->len; b++) {
+            if (b->data[0] == lower[i] && b->data[1] == lower[i + 1]
+                && b->len <= len - i
+                && ngx_memcmp(&lower[i], b->data, b->len) == 0)
+            {
+                return 1;
+            }
         }
     }
 

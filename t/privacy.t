@@ -416,6 +416,8 @@ my @BOTS = (
 	'node-fetch/1.0 (+https://github.com/bitinn/node-fetch)',
 	'axios/1.6.8',
 	'GOOGLEBOT (upper case)',
+	'bot',
+	'Mozilla/5.0 (X11; Linux x86_64) selenium',
 );
 
 my @NOT_BOTS = (
@@ -428,6 +430,8 @@ my @NOT_BOTS = (
 		. 'Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51',
 	'Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 '
 		. '(KHTML, like Gecko) Version/17.4 Safari/605.1.15',
+	'Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/126.0 bo',
+	'b',
 );
 
 my @bot_urls;
