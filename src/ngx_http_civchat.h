@@ -234,7 +234,7 @@ typedef struct {
     ngx_http_civchat_geoip_t     *geoip;
     ngx_http_civchat_stats_t     *stats;     /* shared counters */
 
-    /* the first two letters of every bot fragment, a bit for each */
+    /* the first three bytes of every bot fragment, hashed (privacy.c) */
     u_char                        bot_pairs[65536 / 8];
 
     /* per worker: getrandom() output not used yet */

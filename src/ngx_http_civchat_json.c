@@ -33,6 +33,31 @@
 #define NGX_HTTP_CIVCHAT_JSON_NUMBER  64      /* longer ones: scratch */
 
 
+/*
+ * What a byte is in a JSON string: 0 must be escaped (controls, '"',
+ * '\\'), 1 is printable ASCII, 2 is part of a UTF-8 sequence.
+ */
+
+static const u_char  ngx_http_civchat_json_bytes[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
+
+
 typedef struct {
     u_char                       *start;
     u_char                       *pos;
@@ -313,14 +338,16 @@ ngx_http_civchat_json_string(ngx_http_civchat_json_parser_t *ps,
     for (p = start; /* void */; /* void */) {
 
         /* the common case: printable ASCII */
-        while (p < last && *p >= 0x20 && *p < 0x80 && *p != '"'
-               && *p != '\\')
-        {
-            if (dst) {
-                *dst++ = *p;
+
+        if (dst == NULL) {
+            while (p < last && ngx_http_civchat_json_bytes[*p] == 1) {
+                p++;
             }
 
-            p++;
+        } else {
+            while (p < last && ngx_http_civchat_json_bytes[*p] == 1) {
+                *dst++ = *p++;
+            }
         }
 
         if (p == last) {
@@ -913,7 +940,7 @@ ngx_http_civchat_json_quoted_len(const u_char *p, size_t len)
     for (last = p + len; p < last; p++) {
         c = *p;
 
-        if (c >= 0x20 && c != '"' && c != '\\') {
+        if (ngx_http_civchat_json_bytes[c]) {
             continue;
         }
 
@@ -950,8 +977,7 @@ ngx_http_civchat_json_quote(u_char *dst, const u_char *p, size_t len)
     for (last = p + len; p < last; /* void */) {
 
         /* copy a run of bytes that need no escape at once */
-        for (run = p; p < last && *p >= 0x20 && *p != '"' && *p != '\\'; p++)
-        {
+        for (run = p; p < last && ngx_http_civchat_json_bytes[*p]; p++) {
             /* void */
         }
 

@@ -159,22 +159,29 @@ ngx_http_civchat_header_is_1(ngx_table_elt_t *h, const char *name,
 
 
 /*
- * A bit for each pair of bytes that starts a fragment: a browser's
- * User-Agent has only a few such pairs, and only there are the
- * fragments compared.
+ * A bit for the first three bytes of each fragment, hashed to 16 bits
+ * with the case bit set: a browser's User-Agent has few such triples,
+ * if any, and only there are the fragments compared.
  */
+
+#define ngx_http_civchat_bot_hash(p)                                         \
+    (((((ngx_uint_t) (p)[0] | 0x20) << 10)                                   \
+      ^ (((ngx_uint_t) (p)[1] | 0x20) << 5)                                  \
+      ^ ((ngx_uint_t) (p)[2] | 0x20))                                        \
+     & 0xffff)
+
 
 void
 ngx_http_civchat_bot_pairs(u_char *pairs)
 {
-    ngx_uint_t   pair;
+    ngx_uint_t   h;
     ngx_str_t   *b;
 
     ngx_memzero(pairs, 65536 / 8);
 
     for (b = ngx_http_civchat_bots; b->len; b++) {
-        pair = (b->data[0] << 8) | b->data[1];
-        pairs[pair >> 3] |= (u_char) (1 << (pair & 7));
+        h = ngx_http_civchat_bot_hash(b->data);
+        pairs[h >> 3] |= (u_char) (1 << (h & 7));
     }
 }
 
@@ -182,25 +189,27 @@ ngx_http_civchat_bot_pairs(u_char *pairs)
 ngx_int_t
 ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua)
 {
-    u_char      lower[NGX_HTTP_CIVCHAT_UA_MAX];
-    size_t      len, i;
-    ngx_str_t  *b;
-    ngx_uint_t  pair;
+    u_char      *p, *last;
+    ngx_str_t   *b;
+    ngx_uint_t   h;
 
-    len = ngx_min(ua->len, sizeof(lower));
-    ngx_strlow(lower, ua->data, len);
+    if (ua->len < 3) {
+        return 0;
+    }
 
-    for (i = 0; i + 1 < len; i++) {
-        pair = (lower[i] << 8) | lower[i + 1];
+    last = ua->data + ua->len;
 
-        if (!(pairs[pair >> 3] & (1 << (pair & 7)))) {
+    for (p = ua->data; p + 2 < last; p++) {
+        h = ngx_http_civchat_bot_hash(p);
+
+        if (!(pairs[h >> 3] & (1 << (h & 7)))) {
             continue;
         }
 
         for (b = ngx_http_civchat_bots; b->len; b++) {
-            if (b->data[0] == lower[i] && b->data[1] == lower[i + 1]
-                && b->len <= len - i
-                && ngx_memcmp(&lower[i], b->data, b->len) == 0)
+            if (b->data[0] == ngx_tolower(p[0])
+                && b->len <= (size_t) (last - p)
+                && ngx_strncasecmp(p, b->data, b->len) == 0)
             {
                 return 1;
             }

@@ -683,18 +683,20 @@ ngx_http_civchat_store_set_ua(ngx_http_civchat_zone_t *zone,
         return NGX_OK;
     }
 
-    hash = ngx_crc32_short(ua->data, ua->len);
+    /* the same browser as last time: no hash needed */
 
     if (p->user_agent) {
         u = (ngx_http_civchat_ua_t *) ((u_char *) zone->shpool
                                        + p->user_agent);
 
-        if (u->node.key == hash && u->len == ua->len
+        if (u->len == ua->len
             && ngx_memcmp(u->data, ua->data, ua->len) == 0)
         {
             return NGX_OK;
         }
     }
+
+    hash = ngx_crc32_short(ua->data, ua->len);
 
     node = zone->sh->ua_tree.root;
     sentinel = zone->sh->ua_tree.sentinel;

@@ -4,7 +4,8 @@
 #
 #   NGINX_SRC  nginx tree (default: Debian's nginx-dev in /usr/share/nginx/src)
 #   BUILD      build directory (default: build)
-#   CC_OPT, LD_OPT  extra compiler / linker flags (sanitizer builds)
+#   CC_OPT, LD_OPT  compiler / linker flags (sanitizer builds; for Debian's
+#              tree CC_OPT defaults to Debian's own build flags)
 
 set -e
 
@@ -16,6 +17,14 @@ tree=$build/nginx
 if [ ! -x "$src/configure" ]; then
     echo "build: no nginx source tree at $src (run 'make deps')" >&2
     exit 1
+fi
+
+# Debian's nginx-dev tree: the module is compiled as Debian compiles the
+# packaged nginx and its modules (dpkg-buildflags), not with nginx's
+# default -O
+if [ -f "$src/conf_flags" ] && [ -z "${CC_OPT+set}" ]; then
+    CC_OPT="-g -O2 -fstack-protector-strong -Wformat -Werror=format-security"
+    CC_OPT="$CC_OPT -D_FORTIFY_SOURCE=2"
 fi
 
 stamp="$src|${CC_OPT:-}|${LD_OPT:-}|$(cksum < "$top/config")"
