@@ -376,26 +376,31 @@ close $_ for @slow;
 my $n = $ENV{CIVCHAT_CONNECTIONS} // 10000;
 my (@conns, $answered, $again);
 
+my $req = "POST /civchat/page_hit HTTP/1.1\r\nHost: x\r\n"
+	. "Content-Type: application/json\r\nContent-Length: "
+	. length($body) . "\r\n\r\n$body";
+
 for (1 .. $n) {
 	my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $t->port(0),
 		Blocking => 1) or last;
+
+	# asked at once: a new connection that sends nothing is closed
+	# after client_header_timeout (2s, for the slow clients), and
+	# opening them all can take longer than that
+	$s->syswrite($req);
 	push @conns, $s;
 }
 
 is(scalar @conns, $n, "$n connections open");
 
-my $req = "POST /civchat/page_hit HTTP/1.1\r\nHost: x\r\n"
-	. "Content-Type: application/json\r\nContent-Length: "
-	. length($body) . "\r\n\r\n$body";
-
 sub answers {
-	my ($conns) = @_;
+	my ($conns, $asked) = @_;
 	my %buf;
 	my $sel = IO::Select->new(@$conns);
 	my $done = 0;
 	my $until = time() + 60;
 
-	$_->syswrite($req) for @$conns;
+	$_->syswrite($req) for $asked ? () : @$conns;
 
 	while ($sel->count && time() < $until) {
 		for my $s ($sel->can_read(1)) {
@@ -410,12 +415,12 @@ sub answers {
 	return $done;
 }
 
-$answered = answers(\@conns);
+$answered = answers(\@conns, 1);
 is($answered, $n, "all $n answered 200");
 
-my @some = @conns[0 .. 999];
+my @some = @conns[0 .. ($n < 1000 ? $n : 1000) - 1];
 $again = answers(\@some);
-is($again, 1000, 'kept alive: 1000 of them answered again');
+is($again, scalar @some, 'kept alive: ' . @some . ' of them answered again');
 
 close $_ for @conns;
 
