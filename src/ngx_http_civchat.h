@@ -114,8 +114,8 @@ typedef struct {
 
 
 /*
- * A profile is two allocations: this fixed part (256 bytes in the slab,
- * with its three index entries built in, so it never moves) and a blob
+ * A profile is two allocations: this fixed part (240 bytes, with its
+ * three index entries built in, so it never moves) and a blob
  * holding the key, user_id, email and attributes, reallocated when one
  * of them changes.  An alias is an index entry of its own.
  */
@@ -123,14 +123,16 @@ typedef struct {
 typedef struct {
     ngx_rbtree_node_t             node;      /* key: hash of kind+data */
     u_char                       *data;
-    ngx_http_civchat_profile_t   *profile;
     u_char                        kind;
     u_char                        len;       /* 0: not set */
+    u_char                        alias;     /* in an alias_t */
 } ngx_http_civchat_index_t;
 
 
+/* the profile of an index entry is where it is built in (store.c) */
 typedef struct {
     ngx_http_civchat_index_t      index;
+    ngx_http_civchat_profile_t   *profile;
     ngx_queue_t                   queue;     /* in the profile's aliases */
     u_char                        data[1];
 } ngx_http_civchat_alias_t;
@@ -185,7 +187,24 @@ typedef struct {
 } ngx_http_civchat_live_t;
 
 
+/* size classes over slab pages for a zone's profiles (mem.c) */
+#define NGX_HTTP_CIVCHAT_MEM_STEP        16
+#define NGX_HTTP_CIVCHAT_MEM_MAX         2048
+#define NGX_HTTP_CIVCHAT_MEM_CLASSES                                         \
+    (NGX_HTTP_CIVCHAT_MEM_MAX / NGX_HTTP_CIVCHAT_MEM_STEP)
+
+
 typedef struct {
+    ngx_queue_t                   free[NGX_HTTP_CIVCHAT_MEM_CLASSES];
+    u_char                       *start;      /* the slab's first page */
+    ngx_uint_t                    pages;
+    u_char                       *page_class; /* class + 1, 0: the slab's */
+    uint16_t                     *page_used;  /* chunks in use */
+} ngx_http_civchat_mem_t;
+
+
+typedef struct {
+    ngx_http_civchat_mem_t        mem;
     ngx_rbtree_t                  rbtree;
     ngx_rbtree_node_t             sentinel;
     ngx_queue_t                   lru;
@@ -485,6 +504,14 @@ ngx_int_t ngx_http_civchat_json_text(ngx_pool_t *pool, json_t *v,
 size_t ngx_http_civchat_json_quoted_len(const u_char *p, size_t len);
 u_char *ngx_http_civchat_json_quote(u_char *dst, const u_char *p,
     size_t len);
+
+/* mem.c */
+ngx_int_t ngx_http_civchat_mem_init(ngx_slab_pool_t *shpool,
+    ngx_http_civchat_mem_t *mem);
+void *ngx_http_civchat_mem_alloc(ngx_slab_pool_t *shpool,
+    ngx_http_civchat_mem_t *mem, size_t size);
+void ngx_http_civchat_mem_free(ngx_slab_pool_t *shpool,
+    ngx_http_civchat_mem_t *mem, void *chunk);
 
 /* event.c */
 ngx_int_t ngx_http_civchat_add_event(ngx_http_request_t *r,

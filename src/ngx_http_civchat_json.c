@@ -24,8 +24,9 @@
  * JSON_DECODE_ANY accepts (RFC 8259 in UTF-8, no NUL in strings,
  * integers that fit json_int_t, reals that do not overflow, containers
  * nested at most 2048 deep) and builds the same values;
- * ngx_http_civchat_json_text() writes what json_dumpb() with
- * JSON_COMPACT writes.  fuzz/fuzz_json.c holds both to jansson.
+ * ngx_http_civchat_json_write() writes what json_dumpb() with
+ * JSON_COMPACT writes, but for reals in as few digits as read back the
+ * same.  fuzz/fuzz_json.c holds both to jansson.
  */
 
 
@@ -779,9 +780,8 @@ ngx_http_civchat_json_fail(ngx_http_civchat_json_parser_t *ps,
 /*
  * The writer: ngx_http_civchat_json_size() bytes, then
  * ngx_http_civchat_json_write() them.  The text is json_dumpb()'s with
- * JSON_COMPACT: keys in insertion order, '/' and non-ASCII as they are,
- * reals as "%.17g" with ".0" added to whole numbers and the exponent's
- * '+' and leading zeros dropped.
+ * JSON_COMPACT: keys in insertion order, '/' and non-ASCII as they are;
+ * only reals are shorter (ngx_http_civchat_json_real()).
  */
 
 size_t
@@ -1032,17 +1032,28 @@ ngx_http_civchat_json_quote(u_char *dst, const u_char *p, size_t len)
 
 
 /*
- * A real as jansson writes it: "%.17g", always with '.' or 'e'; into
- * buf of NGX_HTTP_CIVCHAT_JSON_NUMBER bytes (snprintf() adds a '\0').
+ * A real in the fewest digits that read back as the same double (15, 16
+ * or 17: "49.99", where jansson writes "49.990000000000002"), always
+ * with a '.' or an 'e' so that it stays a real, the exponent without
+ * '+' or leading zeros as jansson has it; into buf of
+ * NGX_HTTP_CIVCHAT_JSON_NUMBER bytes (snprintf() adds a '\0').
  */
 
 static size_t
 ngx_http_civchat_json_real(u_char *buf, double d)
 {
-    u_char  *e, *digits, *p;
-    size_t   len;
+    u_char      *e, *digits, *p;
+    size_t       len;
+    ngx_uint_t   precision;
 
-    len = snprintf((char *) buf, NGX_HTTP_CIVCHAT_JSON_NUMBER, "%.17g", d);
+    for (precision = 15; /* void */; precision++) {
+        len = snprintf((char *) buf, NGX_HTTP_CIVCHAT_JSON_NUMBER, "%.*g",
+                       (int) precision, d);
+
+        if (precision == 17 || strtod((char *) buf, NULL) == d) {
+            break;
+        }
+    }
 
     e = (u_char *) ngx_strlchr(buf, buf + len, 'e');
 

@@ -28,10 +28,16 @@ static ngx_int_t ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone,
 static void ngx_http_civchat_rbtree_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static uint32_t ngx_http_civchat_hash(u_char kind, u_char *data, size_t len);
+static ngx_http_civchat_profile_t *ngx_http_civchat_index_profile(
+    ngx_http_civchat_index_t *ix);
 static ngx_int_t ngx_http_civchat_index_cmp(ngx_http_civchat_index_t *a,
     u_char kind, u_char *data, size_t len);
 static void *ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone,
     size_t size);
+
+#define ngx_http_civchat_free(zone, p)                                       \
+    ngx_http_civchat_mem_free((zone)->shpool, &(zone)->sh->mem, p)
+
 static ngx_int_t ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone);
 static void ngx_http_civchat_index_insert(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_index_t *ix);
@@ -104,6 +110,10 @@ ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_memzero(zone->sh, sizeof(ngx_http_civchat_shctx_t));
     zone->shpool->data = zone->sh;
+
+    if (ngx_http_civchat_mem_init(zone->shpool, &zone->sh->mem) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
                     ngx_http_civchat_rbtree_insert);
@@ -220,14 +230,42 @@ ngx_http_civchat_rbtree_insert(ngx_rbtree_node_t *temp,
 }
 
 
+static ngx_http_civchat_profile_t *
+ngx_http_civchat_index_profile(ngx_http_civchat_index_t *ix)
+{
+    if (ix->alias) {
+        return ((ngx_http_civchat_alias_t *) ix)->profile;
+    }
+
+    switch (ix->kind) {
+
+    case NGX_HTTP_CIVCHAT_BY_USER_ID:
+        return (ngx_http_civchat_profile_t *)
+                   ((u_char *) ix - offsetof(ngx_http_civchat_profile_t,
+                                             user_id));
+
+    case NGX_HTTP_CIVCHAT_BY_EMAIL:
+        return (ngx_http_civchat_profile_t *)
+                   ((u_char *) ix - offsetof(ngx_http_civchat_profile_t,
+                                             email));
+
+    default: /* NGX_HTTP_CIVCHAT_BY_KEY */
+        return (ngx_http_civchat_profile_t *)
+                   ((u_char *) ix - offsetof(ngx_http_civchat_profile_t,
+                                             key));
+    }
+}
+
+
 ngx_http_civchat_profile_t *
 ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
     ngx_str_t *value)
 {
-    uint32_t                   hash;
-    ngx_int_t                  rc;
-    ngx_rbtree_node_t         *node, *sentinel;
-    ngx_http_civchat_index_t  *ix;
+    uint32_t                     hash;
+    ngx_int_t                    rc;
+    ngx_rbtree_node_t           *node, *sentinel;
+    ngx_http_civchat_index_t    *ix;
+    ngx_http_civchat_profile_t  *p;
 
     if (value->len == 0 || value->len > 255) {
         return NULL;
@@ -255,8 +293,9 @@ ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
         rc = ngx_http_civchat_index_cmp(ix, kind, value->data, value->len);
 
         if (rc == 0) {
-            ngx_http_civchat_store_pin(zone, ix->profile);
-            return ix->profile;
+            p = ngx_http_civchat_index_profile(ix);
+            ngx_http_civchat_store_pin(zone, p);
+            return p;
         }
 
         node = (rc > 0) ? node->left : node->right;
@@ -278,7 +317,7 @@ ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone, size_t size)
     void  *p;
 
     for ( ;; ) {
-        p = ngx_slab_alloc_locked(zone->shpool, size);
+        p = ngx_http_civchat_mem_alloc(zone->shpool, &zone->sh->mem, size);
         if (p != NULL) {
             return p;
         }
@@ -372,22 +411,19 @@ ngx_http_civchat_store_create(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
     p->blob = ngx_http_civchat_alloc(zone, key->len);
     if (p->blob == NULL) {
         ngx_queue_remove(&p->lru);
-        ngx_slab_free_locked(zone->shpool, p);
+        ngx_http_civchat_free(zone, p);
         return NULL;
     }
 
     ngx_memcpy(p->blob, key->data, key->len);
 
     p->key.kind = NGX_HTTP_CIVCHAT_BY_KEY;
-    p->key.profile = p;
     p->key.data = p->blob;
     p->key.len = (u_char) key->len;
     ngx_http_civchat_index_insert(zone, &p->key);
 
     p->user_id.kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
-    p->user_id.profile = p;
     p->email.kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
-    p->email.profile = p;
 
     p->first_seen = (uint32_t) now;
     zone->sh->profiles++;
@@ -475,7 +511,7 @@ ngx_http_civchat_rebuild(ngx_http_civchat_zone_t *zone,
 
     old = p->blob;
     p->blob = blob;
-    ngx_slab_free_locked(zone->shpool, old);
+    ngx_http_civchat_free(zone, old);
 
     zone->sh->changes++;
 
@@ -541,7 +577,8 @@ ngx_http_civchat_alias_new(ngx_http_civchat_zone_t *zone,
     ngx_memcpy(a->data, data, len);
 
     a->index.kind = NGX_HTTP_CIVCHAT_BY_KEY;
-    a->index.profile = p;
+    a->index.alias = 1;
+    a->profile = p;
     a->index.data = a->data;
     a->index.len = (u_char) len;
     ngx_http_civchat_index_insert(zone, &a->index);
@@ -580,7 +617,7 @@ ngx_http_civchat_store_merge(ngx_http_civchat_zone_t *zone,
         ngx_queue_remove(q);
 
         a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
-        a->index.profile = into;
+        a->profile = into;
         ngx_queue_insert_tail(&into->aliases, q);
     }
 
@@ -612,7 +649,7 @@ ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
 
         a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
         ngx_rbtree_delete(&zone->sh->rbtree, &a->index.node);
-        ngx_slab_free_locked(zone->shpool, a);
+        ngx_http_civchat_free(zone, a);
     }
 
     ngx_rbtree_delete(&zone->sh->rbtree, &p->key.node);
@@ -625,11 +662,11 @@ ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
         ngx_rbtree_delete(&zone->sh->rbtree, &p->email.node);
     }
 
-    ngx_slab_free_locked(zone->shpool, p->blob);
+    ngx_http_civchat_free(zone, p->blob);
     ngx_http_civchat_ua_release(zone, p);
 
     ngx_queue_remove(&p->lru);
-    ngx_slab_free_locked(zone->shpool, p);
+    ngx_http_civchat_free(zone, p);
 
     zone->sh->profiles--;
     zone->sh->changes++;
@@ -777,6 +814,6 @@ ngx_http_civchat_ua_release(ngx_http_civchat_zone_t *zone,
 
     if (--u->refs == 0) {
         ngx_rbtree_delete(&zone->sh->ua_tree, &u->node);
-        ngx_slab_free_locked(zone->shpool, u);
+        ngx_http_civchat_free(zone, u);
     }
 }
