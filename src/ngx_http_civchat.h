@@ -151,6 +151,15 @@ struct ngx_http_civchat_profile_s {
     uint32_t                      page_views;
     uint32_t                      sessions;
     uint32_t                      user_agent; /* ua_t, from the pool */
+
+    /*
+     * what a visit that changes nothing needs without reading the
+     * attributes: the automatic values last stored (a hash, 0: not
+     * known) and where the name is in the attributes' text
+     */
+    uint32_t                      auto_sig;
+    uint16_t                      name_pos;  /* 0: none, 0xffff: read */
+    uint16_t                      name_len;
 };
 
 

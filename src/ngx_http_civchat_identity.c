@@ -76,6 +76,8 @@ static void ngx_http_civchat_fill_geo(ngx_http_civchat_ctx_t *ctx,
     json_t *attrs);
 static void ngx_http_civchat_page_view(ngx_http_civchat_ctx_t *ctx,
     ngx_http_civchat_profile_t *p);
+static uint32_t ngx_http_civchat_auto_sig(ngx_http_civchat_ctx_t *ctx);
+static ngx_uint_t ngx_http_civchat_body_attrs(ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_save_attrs(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_profile_t *p,
     json_t *attrs);
@@ -328,6 +330,7 @@ ngx_int_t
 ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 {
     json_t                      *attrs;
+    uint32_t                     sig;
     ngx_int_t                    rc;
     ngx_http_civchat_zone_t     *zone;
     ngx_http_civchat_profile_t  *k, *p;
@@ -335,6 +338,7 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     zone = ctx->lcf->zone;
     attrs = NULL;
     rc = NGX_ERROR;
+    sig = 0;
 
     if (ngx_http_civchat_takes_attrs(ctx)) {
         ngx_http_civchat_identity_fields(r, ctx);
@@ -367,6 +371,20 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
 
     ngx_http_civchat_store_touch(zone, p);
 
+    if (ngx_http_civchat_visits(ctx)) {
+        sig = ngx_http_civchat_auto_sig(ctx);
+
+        if (sig == p->auto_sig && p->name_pos != 0xffff
+            && !ngx_http_civchat_body_attrs(ctx))
+        {
+            /* a visit that changes no attribute: they are not read */
+            ngx_http_civchat_page_view(ctx, p);
+            (void) ngx_http_civchat_store_set_ua(zone, p, &ctx->user_agent);
+            rc = ngx_http_civchat_copy_user(r, ctx, p, NULL);
+            goto done;
+        }
+    }
+
     if (ctx->endpoint == NGX_HTTP_CIVCHAT_UPDATE) {
         ngx_http_civchat_apply_identity(r, ctx, p);
     }
@@ -391,8 +409,15 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
         ngx_http_civchat_fill_geo(ctx, attrs);
     }
 
-    if (ngx_http_civchat_save_attrs(r, ctx, p, attrs) != NGX_OK) {
+    rc = ngx_http_civchat_save_attrs(r, ctx, p, attrs);
+
+    if (rc == NGX_ERROR) {
         goto done;
+    }
+
+    if (rc == NGX_OK && ngx_http_civchat_visits(ctx)) {
+        /* stored: until they change, the next visits need not read */
+        p->auto_sig = sig;
     }
 
     rc = ngx_http_civchat_copy_user(r, ctx, p, attrs);
@@ -408,6 +433,73 @@ done:
     json_decref(attrs);
 
     return rc;
+}
+
+
+/*
+ * The automatic attributes a visit stores (last_ip, browser_language,
+ * the geo ones), hashed: equal to the profile's auto_sig, they are
+ * stored already.
+ */
+
+static uint32_t
+ngx_http_civchat_auto_sig(ngx_http_civchat_ctx_t *ctx)
+{
+    u_char      len;
+    uint32_t    crc;
+    ngx_str_t  *v;
+    ngx_uint_t  i;
+
+    ngx_str_t  *values[] = { &ctx->ip, &ctx->language, &ctx->geo.country,
+                             &ctx->geo.region, &ctx->geo.city,
+                             &ctx->geo.timezone };
+
+    ngx_crc32_init(crc);
+
+    for (i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        v = values[i];
+        len = (u_char) v->len;
+
+        ngx_crc32_update(&crc, &len, 1);
+        ngx_crc32_update(&crc, v->data, v->len);
+    }
+
+    ngx_crc32_final(crc);
+
+    /* 0 is "not known" */
+    return crc ? crc : 1;
+}
+
+
+/* whether the body has anything for the attributes (apply_one()) */
+
+static ngx_uint_t
+ngx_http_civchat_body_attrs(ngx_http_civchat_ctx_t *ctx)
+{
+    json_t      *value;
+    ngx_str_t    name;
+    const char  *key;
+
+    if (ctx->body == NULL) {
+        return 0;
+    }
+
+    json_object_foreach(ctx->body, key, value) {
+        name.data = (u_char *) key;
+        name.len = ngx_strlen(key);
+
+        if (ngx_http_civchat_reserved(&name)
+            || ngx_strcmp(key, "user_id") == 0 || ngx_strcmp(key, "email") == 0
+            || json_is_null(value)
+            || (json_is_string(value) && json_string_length(value) == 0))
+        {
+            continue;
+        }
+
+        return 1;
+    }
+
+    return 0;
 }
 
 
@@ -1288,6 +1380,7 @@ ngx_http_civchat_save_attrs(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "civchat: attributes of profile \"%*s\" not saved",
                       (size_t) p->key.len, p->key.data);
+        return NGX_DECLINED;
     }
 
     return NGX_OK;
@@ -1310,7 +1403,25 @@ ngx_http_civchat_copy_user(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    name = json_object_get(attrs, "name");
+    if (attrs == NULL) {
+        /* the name as it is in the attributes' text: no escapes */
+        if (p->name_pos) {
+            u->name.len = p->name_len;
+            u->name.data = ngx_pnalloc(r->pool, u->name.len);
+            if (u->name.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(u->name.data,
+                       ngx_http_civchat_profile_attrs(p) + p->name_pos,
+                       u->name.len);
+        }
+
+        name = NULL;
+
+    } else {
+        name = json_object_get(attrs, "name");
+    }
 
     if (json_is_string(name)) {
         u->name.len = json_string_length(name);
@@ -1488,7 +1599,7 @@ ngx_http_civchat_api_profile(ngx_http_request_t *r,
 
     if (op != NGX_HTTP_CIVCHAT_API_READ) {
         if (ngx_http_civchat_apply_attrs(r, ctx, attrs) != NGX_OK
-            || ngx_http_civchat_save_attrs(r, ctx, p, attrs) != NGX_OK)
+            || ngx_http_civchat_save_attrs(r, ctx, p, attrs) == NGX_ERROR)
         {
             goto done;
         }

@@ -41,6 +41,8 @@ static void *ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone,
 static ngx_int_t ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone);
 static void ngx_http_civchat_index_insert(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_index_t *ix);
+static void ngx_http_civchat_find_name(ngx_http_civchat_profile_t *p);
+static u_char *ngx_http_civchat_skip_value(u_char *p, u_char *last);
 static ngx_int_t ngx_http_civchat_rebuild(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p, ngx_str_t *user_id, ngx_str_t *email,
     u_char *attrs, size_t attrs_len);
@@ -472,7 +474,127 @@ ngx_http_civchat_store_set_attrs(ngx_http_civchat_zone_t *zone,
     email.data = p->email.data;
     email.len = p->email.len;
 
-    return ngx_http_civchat_rebuild(zone, p, &user_id, &email, text, len);
+    if (ngx_http_civchat_rebuild(zone, p, &user_id, &email, text, len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* the next visit reads and checks the attributes again */
+    p->auto_sig = 0;
+
+    ngx_http_civchat_find_name(p);
+
+    return NGX_OK;
+}
+
+
+/*
+ * Where the top-level "name" string is in the attributes' text, which
+ * only json.c writes (compact, valid): a name with escapes, or too far
+ * in, is read from the parsed attributes instead (name_pos 0xffff).
+ */
+
+static void
+ngx_http_civchat_find_name(ngx_http_civchat_profile_t *p)
+{
+    u_char  *text, *q, *last, *key, *value;
+
+    p->name_pos = 0;
+    p->name_len = 0;
+
+    if (p->attrs_len < 2) {
+        return;
+    }
+
+    text = ngx_http_civchat_profile_attrs(p);
+    last = text + p->attrs_len - 1;    /* the closing '}' */
+
+    for (q = text + 1; q < last; /* void */) {
+        key = q;
+        q = ngx_http_civchat_skip_value(q, last);
+        value = ++q;                   /* after ':' */
+        q = ngx_http_civchat_skip_value(q, last);
+
+        if (q - key > 0 && value - key == sizeof("\"name\":") - 1
+            && ngx_strncmp(key, "\"name\":", sizeof("\"name\":") - 1) == 0
+            && *value == '"')
+        {
+            value++;
+
+            if (ngx_strlchr(value, q - 1, '\\') != NULL
+                || value - text >= 0xffff || q - 1 - value >= 0xffff)
+            {
+                p->name_pos = 0xffff;
+                return;
+            }
+
+            p->name_pos = (uint16_t) (value - text);
+            p->name_len = (uint16_t) (q - 1 - value);
+            return;
+        }
+
+        if (q < last && *q == ',') {
+            q++;
+        }
+    }
+}
+
+
+/* past one JSON value (a string, number, literal, object or array) */
+
+static u_char *
+ngx_http_civchat_skip_value(u_char *p, u_char *last)
+{
+    ngx_uint_t  depth;
+
+    depth = 0;
+
+    while (p < last) {
+        switch (*p) {
+
+        case '"':
+            for (p++; p < last && *p != '"'; p++) {
+                if (*p == '\\') {
+                    p++;
+                }
+            }
+
+            p++;
+            break;
+
+        case '{':
+        case '[':
+            depth++;
+            p++;
+            continue;
+
+        case '}':
+        case ']':
+            depth--;
+            p++;
+            break;
+
+        case ',':
+        case ':':
+            if (depth == 0) {
+                return p;
+            }
+
+            p++;
+            continue;
+
+        default:
+            p++;
+            continue;
+        }
+
+        if (depth == 0) {
+            return p;
+        }
+    }
+
+    return p;
 }
 
 
