@@ -165,8 +165,8 @@ ngx_http_civchat_header_is_1(ngx_table_elt_t *h, const char *name,
  */
 
 #define ngx_http_civchat_bot_hash(p)                                         \
-    (((((ngx_uint_t) (p)[0] | 0x20) << 10)                                   \
-      ^ (((ngx_uint_t) (p)[1] | 0x20) << 5)                                  \
+    (((((ngx_uint_t) (p)[0] | 0x20) << 12)                                   \
+      ^ (((ngx_uint_t) (p)[1] | 0x20) << 6)                                  \
       ^ ((ngx_uint_t) (p)[2] | 0x20))                                        \
      & 0xffff)
 
@@ -199,8 +199,14 @@ ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua)
 
     last = ua->data + ua->len;
 
+    /*
+     * the hash rolls: a byte shifted out by the third one after it is
+     * gone, so each byte is read and folded in once
+     */
+    h = ((ua->data[0] | 0x20) << 6) ^ (ua->data[1] | 0x20);
+
     for (p = ua->data; p + 2 < last; p++) {
-        h = ngx_http_civchat_bot_hash(p);
+        h = ((h << 6) ^ (p[2] | 0x20)) & 0xffff;
 
         if (!(pairs[h >> 3] & (1 << (h & 7)))) {
             continue;
