@@ -1105,6 +1105,20 @@ ngx_http_civchat_clean_text(ngx_http_request_t *r, ngx_str_t *in,
 
     len = ngx_min(in->len, max);
 
+    /* the common case, printable ASCII, needs no copy */
+
+    for (p = in->data, last = p + len; p < last; p++) {
+        if (*p < 0x20 || *p >= 0x7f) {
+            break;
+        }
+    }
+
+    if (p == last) {
+        out->data = in->data;
+        out->len = len;
+        return;
+    }
+
     dst = ngx_pnalloc(r->pool, len);
     if (dst == NULL) {
         return;
