@@ -172,6 +172,27 @@ like($out, qr/\[emerg\].*unknown directive "bogus_directive"/, 'emerg');
 $t->stop();
 ok(!$t->master_pid || !kill(0, $t->master_pid), 'stopped');
 
+# the valgrind check (TEST_NGINX_VALGRIND) sees memcheck's reports
+
+my $v = Civchat->new(module => 0);
+$v->write_file('valgrind.101.log', <<'END');
+==101== Memcheck, a memory error detector
+==101== Command: nginx -p /tmp/x/
+==101== ERROR SUMMARY: 0 errors from 0 contexts (suppressed: 0 from 0)
+END
+is(scalar($v->valgrind_problems), 0, 'valgrind: a clean log');
+$v->write_file('valgrind.102.log', <<'END');
+==102== Memcheck, a memory error detector
+==102== Conditional jump or move depends on uninitialised value(s)
+==102==    at 0x4849DC3: ngx_http_civchat_handler (ngx_http_civchat_handler.c:10)
+END
+like(join("\n", $v->valgrind_problems),
+	qr/valgrind\.102\.log:\n==102== Conditional jump.*\n.*handler\.c:10/,
+	'valgrind: a report without a summary (a killed worker)');
+$v->write_file('valgrind.102.log', "==102== ERROR SUMMARY: 1 errors from 1"
+	. " contexts (suppressed: 0 from 0)\n");
+ok(scalar($v->valgrind_problems), 'valgrind: errors in the summary');
+
 done_testing();
 
 ###############################################################################

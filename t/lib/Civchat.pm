@@ -26,7 +26,7 @@ use Test::More ();
 use Time::HiRes qw/sleep time/;
 
 our @EXPORT_OK = qw/json_encode json_decode is_key uniq_id deep_subset
-	ignored_reason events_of is_num is_str num str/;
+	ignored_reason events_of is_num is_str num str slow/;
 
 $SIG{PIPE} = 'IGNORE';
 
@@ -36,6 +36,15 @@ binmode(Test::More->builder->$_, ':utf8')
 our $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
 
 my $REPO = abs_path(dirname(__FILE__) . '/../..');
+
+# how many times slower than usual nginx runs here (under valgrind or a
+# sanitizer): the harness's waits for nginx and for answers and events
+# are multiplied by it, what the tests assert is not
+
+our $SLOW = $ENV{TEST_NGINX_SLOW} || ($ENV{TEST_NGINX_VALGRIND} ? 5 : 1);
+
+# seconds scaled by $SLOW
+sub slow { $_[0] * $SLOW }
 
 ###############################################################################
 
@@ -245,10 +254,32 @@ sub test_config {
 	$name = 'nginx-test.conf' if $name eq 'nginx.conf';
 	$self->write_file($name, $content);
 
-	my $out = `$self->{binary} -t -p $d/ -c $d/$name -e stderr 2>&1`;
+	my $cmd = $self->_command();
+	my $out = `$cmd -t -p $d/ -c $d/$name -e stderr 2>&1`;
 	my $rc = $? >> 8;
 
 	return wantarray ? ($rc, $out) : $rc;
+}
+
+# the nginx command; with TEST_NGINX_VALGRIND, nginx under valgrind's
+# memcheck, one log per process (forked workers are traced too), leaks
+# not looked for: nginx frees its pools at exit or never, by design
+
+sub _command {
+	my ($self) = @_;
+
+	my $v = $ENV{TEST_NGINX_VALGRIND};
+	return $self->{binary} unless $v;
+
+	my $d = $self->{_testdir};
+	my $cmd = 'valgrind --tool=memcheck --leak-check=no'
+		. ' --error-exitcode=97 --num-callers=30'
+		. " --log-file=$d/valgrind.%p.log";
+	$cmd .= " --suppressions=$REPO/t/valgrind.supp"
+		if -f "$REPO/t/valgrind.supp";
+	$cmd .= " $v" if $v =~ /^-/;
+
+	return "$cmd $self->{binary}";
 }
 
 sub _pid {
@@ -271,7 +302,8 @@ sub _start {
 
 	unlink("$d/nginx.pid");
 
-	my $out = `$self->{binary} -p $d/ -c $d/nginx.conf -e $log 2>&1`;
+	my $cmd = $self->_command();
+	my $out = `$cmd -p $d/ -c $d/nginx.conf -e $log 2>&1`;
 	my $rc = $? >> 8;
 
 	return (0, $out || $self->_log_tail()) if $rc != 0;
@@ -279,7 +311,7 @@ sub _start {
 	# the daemon is listening once the parent exited; wait for the pid
 	# file and for the workers
 
-	for (1 .. 100) {
+	for (1 .. 100 * $SLOW) {
 		last if $self->_pid() && $self->worker_pids();
 		sleep 0.05;
 	}
@@ -322,7 +354,7 @@ sub try_run {
 sub waitforsocket {
 	my ($self, $peer) = @_;
 
-	for (1 .. 100) {
+	for (1 .. 100 * $SLOW) {
 		my $s = IO::Socket::INET->new(Proto => 'tcp', PeerAddr => $peer);
 		return 1 if $s;
 		sleep 0.05;
@@ -383,7 +415,7 @@ sub reload {
 	my %old = map { $_ => 1 } $self->worker_pids();
 	$self->_signal('HUP');
 
-	my $deadline = time() + 15;
+	my $deadline = time() + slow(15);
 	while (time() < $deadline) {
 		my @now = $self->worker_pids();
 		my $gone = !grep { _alive($_) } keys %old;
@@ -404,7 +436,7 @@ sub reopen {
 sub _wait_exit {
 	my ($self, $pid, $timeout) = @_;
 
-	my $deadline = time() + $timeout;
+	my $deadline = time() + slow($timeout);
 	while (time() < $deadline) {
 		return 1 unless _alive($pid);
 		sleep 0.05;
@@ -476,12 +508,48 @@ sub log_problems {
 	return @bad;
 }
 
+# under valgrind: the reports of every nginx process of this file
+# (invalid reads and writes, frees, uses of uninitialised values), each
+# with its first lines
+
+sub valgrind_problems {
+	my ($self) = @_;
+
+	# the first line of each kind of memcheck report
+	my $kinds = join('|', 'Invalid (?:read|write|free)', 'Mismatched free',
+		'Conditional jump', 'Use of uninitialised', 'Syscall param',
+		'Source and destination overlap', 'Argument .* fishy',
+		'Process terminating');
+	my $report = qr/^==\d+== (?:$kinds)/m;
+
+	my @bad;
+
+	for my $f (sort glob("$self->{_testdir}/valgrind.*.log")) {
+		my $log = $self->read_file($f) // next;
+		next unless $log =~ /ERROR SUMMARY: [1-9]/ || $log =~ $report;
+
+		my @lines = split /\n/, $log;
+		my ($first) = grep { $lines[$_] =~ $report } 0 .. $#lines;
+		$first //= 0;
+		my $last = $first + 25 > $#lines ? $#lines : $first + 25;
+		push @bad, "$f:", @lines[$first .. $last];
+	}
+
+	return @bad;
+}
+
 sub check_log {
 	my ($self) = @_;
 
 	my @bad = $self->log_problems();
 	Test::More::ok(!@bad, 'error.log: no alert, crit, emerg or crashed worker')
 		or Test::More::diag(join("\n", @bad[0 .. ($#bad > 20 ? 20 : $#bad)]));
+
+	if ($ENV{TEST_NGINX_VALGRIND}) {
+		@bad = $self->valgrind_problems();
+		Test::More::ok(!@bad, 'valgrind: no memory errors')
+			or Test::More::diag(join("\n", @bad[0 .. ($#bad > 80 ? 80 : $#bad)]));
+	}
 
 	$self->{checked} = 1;
 }
@@ -587,7 +655,7 @@ sub http {
 	my ($self, $raw, %o) = @_;
 
 	my $peer = '127.0.0.1:' . $self->port($o{port});
-	my $timeout = $o{timeout} // 10;
+	my $timeout = slow($o{timeout} // 10);
 	my $s;
 
 	if ($o{ssl}) {
@@ -707,12 +775,12 @@ sub read_events {
 	my %o = @_;
 
 	my $file = $o{file} // "$self->{_testdir}/events.ndjson";
-	my $timeout = $o{timeout} // 5;
+	my $timeout = slow($o{timeout} // 5);
 	my $deadline = time() + $timeout;
 	my @ev;
 
 	if (!defined $o{count}) {
-		sleep($o{settle} // 0.35);
+		sleep(slow($o{settle} // 0.35));
 	}
 
 	while (1) {
@@ -723,7 +791,7 @@ sub read_events {
 	}
 
 	if (defined $o{count} && $o{settle}) {
-		sleep $o{settle};
+		sleep slow($o{settle});
 		@ev = $self->_matching($file, $o{match});
 	}
 
