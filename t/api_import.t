@@ -524,10 +524,12 @@ is(by_user_id("$p-1")->status, 200, "CSV $N rows: the API answers");
 
 # memory: the rows are not each left behind in the request's memory
 # (3.5 MB of CSV; results and events are a few tens of MB at most)
-# (not under a sanitizer, whose allocations are larger by design)
+# (not under a sanitizer or valgrind, whose allocations are larger by
+# design)
 my $grew = vm($worker, 'VmHWM') - $hwm0;
 SKIP: {
-	skip 'memory under a sanitizer', 1 if $ENV{ASAN_OPTIONS};
+	skip 'memory under a sanitizer or valgrind', 1
+		if $ENV{ASAN_OPTIONS} || $ENV{TEST_NGINX_VALGRIND};
 	ok($grew < 80 * 1024, "CSV $N rows: the worker's peak memory grew by "
 		. int($grew / 1024) . ' MB, less than 80 MB');
 }

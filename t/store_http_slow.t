@@ -162,11 +162,16 @@ my $want = scalar @{$res->{expected}};
 is($res->{failed}, 0, 'clients finished');
 is($res->{status}{200}, $res->{requests},
 	"all $res->{requests} requests answered 200");
-my $p95 = Civchat::ClickHouse::Load::percentile($res, 95);
-cmp_ok($p95, '<', 0.2, sprintf('answered within 200ms (95%%: %.3fs, '
-	. 'median %.3fs)', $p95, Civchat::ClickHouse::Load::percentile($res, 50)));
-cmp_ok($res->{max_time}, '<', 0.9, sprintf('none waited for the store '
-	. '(slowest %.3fs, %d over 200ms)', $res->{max_time}, $res->{slow}));
+# (not under valgrind, which makes every request slower by itself)
+SKIP: {
+	skip 'answer times under valgrind', 2 if $ENV{TEST_NGINX_VALGRIND};
+	my $p95 = Civchat::ClickHouse::Load::percentile($res, 95);
+	cmp_ok($p95, '<', 0.2, sprintf('answered within 200ms (95%%: %.3fs, '
+		. 'median %.3fs)', $p95,
+		Civchat::ClickHouse::Load::percentile($res, 50)));
+	cmp_ok($res->{max_time}, '<', 0.9, sprintf('none waited for the store '
+		. '(slowest %.3fs, %d over 200ms)', $res->{max_time}, $res->{slow}));
+}
 
 my $conns = () = ($t->read_file('hole.log') // '') =~ /connection/g;
 cmp_ok($conns, '>', 0, "the store was connected to ($conns connections)");
