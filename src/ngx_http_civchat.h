@@ -255,6 +255,16 @@ struct ngx_http_civchat_zone_s {
 };
 
 
+#define NGX_HTTP_CIVCHAT_UA_SEEN         16
+
+
+typedef struct {
+    uint16_t                      len;       /* 0: empty */
+    u_char                        bot;
+    u_char                        data[NGX_HTTP_CIVCHAT_UA_MAX];
+} ngx_http_civchat_ua_seen_t;
+
+
 typedef struct {
     ngx_array_t                  *zones;     /* ngx_http_civchat_zone_t * */
     ngx_array_t                  *sinks;     /* ngx_http_civchat_sink_t * */
@@ -264,6 +274,9 @@ typedef struct {
 
     /* the first three bytes of every bot fragment, hashed (privacy.c) */
     u_char                        bot_pairs[65536 / 8];
+
+    /* per worker: the verdicts on recent User-Agents (privacy.c) */
+    ngx_http_civchat_ua_seen_t    ua_seen[NGX_HTTP_CIVCHAT_UA_SEEN];
 
     /* per worker: getrandom() output not used yet */
     size_t                        random_pos;
@@ -544,6 +557,8 @@ ngx_http_civchat_geo_t *ngx_http_civchat_geo(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 void ngx_http_civchat_bot_pairs(u_char *pairs);
 ngx_int_t ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua);
+ngx_int_t ngx_http_civchat_is_bot_seen(ngx_http_civchat_main_conf_t *mcf,
+    ngx_str_t *ua);
 ngx_int_t ngx_http_civchat_add_variables(ngx_conf_t *cf);
 
 /* status.c */

@@ -95,7 +95,7 @@ ngx_http_civchat_privacy(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
     if (ctx->lcf->bot_filter) {
         mcf = ngx_http_get_module_main_conf(r, ngx_http_civchat_module);
 
-        if (ngx_http_civchat_is_bot(mcf->bot_pairs, &ctx->user_agent)) {
+        if (ngx_http_civchat_is_bot_seen(mcf, &ctx->user_agent)) {
             ctx->bot = 1;
         }
     }
@@ -223,6 +223,41 @@ ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua)
     }
 
     return 0;
+}
+
+
+/*
+ * Most requests come from a few browsers, each sending its User-Agent
+ * on every request: a worker remembers the verdicts on the last ones in
+ * a small table (a slot chosen by the length and a few bytes, the whole
+ * string compared), so a known User-Agent is not searched again.
+ */
+
+ngx_int_t
+ngx_http_civchat_is_bot_seen(ngx_http_civchat_main_conf_t *mcf,
+    ngx_str_t *ua)
+{
+    ngx_uint_t                   slot;
+    ngx_http_civchat_ua_seen_t  *seen;
+
+    if (ua->len < 3 || ua->len > NGX_HTTP_CIVCHAT_UA_MAX) {
+        return ngx_http_civchat_is_bot(mcf->bot_pairs, ua);
+    }
+
+    slot = (ua->len ^ (ua->data[ua->len / 2] << 1) ^ ua->data[ua->len - 2])
+           % NGX_HTTP_CIVCHAT_UA_SEEN;
+    seen = &mcf->ua_seen[slot];
+
+    if (seen->len == ua->len && ngx_memcmp(seen->data, ua->data, ua->len) == 0)
+    {
+        return seen->bot;
+    }
+
+    seen->bot = (u_char) ngx_http_civchat_is_bot(mcf->bot_pairs, ua);
+    seen->len = (uint16_t) ua->len;
+    ngx_memcpy(seen->data, ua->data, ua->len);
+
+    return seen->bot;
 }
 
 

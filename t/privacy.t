@@ -533,6 +533,30 @@ for my $ua (@NOT_BOTS, undef) {
 	};
 }
 
+# a worker remembers its verdicts on recent User-Agents in 16 slots
+# chosen by the length, the middle byte and the last but one: these two
+# share a slot, so each must evict the other's verdict, never take it
+
+subtest 'recent User-Agents: each keeps its own verdict' => sub {
+	my $bot = 'Mozilla/5.0 (X11; Linux x86_64) a-bot/1.0 Gecko/20100101 1.0';
+	(my $browser = $bot) =~ s/a-bot/a-bat/;
+	my $mid = int(length($bot) / 2);
+	ok(substr($bot, $mid, 1) eq substr($browser, $mid, 1)
+		&& substr($bot, -2, 1) eq substr($browser, -2, 1),
+		'the two share a slot');
+
+	for my $round (1 .. 3) {
+		my $b = $t->client(headers => ['User-Agent' => $bot]);
+		unprofiled_answer("round $round: the bot", $b->init({}), 'bot',
+			'init');
+
+		my $c = $t->client(headers => ['User-Agent' => $browser]);
+		my $r = $c->init({});
+		profiled_answer("round $round: the browser", $r);
+		profiled("round $round: the browser", $c->key, ua => $browser);
+	}
+};
+
 for my $case ([ '/nobot/', undef ], [ '/civchat/ (server level off)', 1 ]) {
 	my ($where, $port) = @$case;
 	my $base = $where =~ m{^(/\w+/)} ? $1 : $where;
