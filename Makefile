@@ -55,12 +55,14 @@ test-asan: deps t/browser/node_modules/.package-lock.json
 	    prove -r t/
 
 # The module against nginx's own baseline (page_hit, init, p.gif, zone
-# bytes per profile), then page hits through nginx into a local
-# ClickHouse against ClickHouse's own ingest rate for the same NDJSON
-# (bench/README.md); builds first.
+# bytes per profile), instructions per request counted by callgrind,
+# then page hits through nginx into a local ClickHouse against
+# ClickHouse's own ingest rate for the same NDJSON (bench/README.md);
+# builds first.
 .PHONY: bench
 bench: deps all
 	sh bench/run.sh
+	sh bench/instructions.sh
 	sh bench/clickhouse.sh
 
 # libFuzzer targets for the parsers that see client bytes (fuzz/README.md):
