@@ -1341,6 +1341,8 @@ ngx_http_civchat_http_exit_process(ngx_http_civchat_http_t *h,
     }
 
     if (lost) {
+        (void) ngx_atomic_fetch_add(&h->counters->dropped, lost);
+
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                       "civchat_store \"%V\": %ui events could not be "
                       "spooled at exit and are lost", &h->name, lost);
