@@ -80,6 +80,10 @@ static json_t *ngx_http_civchat_json_object(
     ngx_http_civchat_json_parser_t *ps);
 static json_t *ngx_http_civchat_json_array(
     ngx_http_civchat_json_parser_t *ps);
+static ngx_int_t ngx_http_civchat_json_open(
+    ngx_http_civchat_json_parser_t *ps, u_char close);
+static ngx_int_t ngx_http_civchat_json_next(
+    ngx_http_civchat_json_parser_t *ps, u_char close);
 static ngx_int_t ngx_http_civchat_json_string(
     ngx_http_civchat_json_parser_t *ps, ngx_str_t *s);
 static u_char *ngx_http_civchat_json_unescape(
@@ -180,41 +184,31 @@ static json_t *
 ngx_http_civchat_json_object(ngx_http_civchat_json_parser_t *ps)
 {
     json_t     *object, *value;
+    ngx_int_t   rc;
     ngx_str_t   key;
-
-    if (++ps->depth > NGX_HTTP_CIVCHAT_JSON_DEPTH) {
-        return ngx_http_civchat_json_fail(ps, "nested too deep");
-    }
 
     object = json_object();
     if (object == NULL) {
         return ngx_http_civchat_json_fail(ps, "out of memory");
     }
 
-    ps->pos++;    /* '{' */
-    ngx_http_civchat_json_space(ps);
+    rc = ngx_http_civchat_json_open(ps, '}');
 
-    if (ps->pos < ps->last && *ps->pos == '}') {
-        ps->pos++;
-        ps->depth--;
-        return object;
-    }
-
-    for ( ;; ) {
+    while (rc == NGX_AGAIN) {
         if (ps->pos == ps->last || *ps->pos != '"') {
             (void) ngx_http_civchat_json_fail(ps, "a string key expected");
-            goto failed;
+            break;
         }
 
         if (ngx_http_civchat_json_string(ps, &key) != NGX_OK) {
-            goto failed;
+            break;
         }
 
         ngx_http_civchat_json_space(ps);
 
         if (ps->pos == ps->last || *ps->pos != ':') {
             (void) ngx_http_civchat_json_fail(ps, "':' expected");
-            goto failed;
+            break;
         }
 
         ps->pos++;
@@ -222,7 +216,7 @@ ngx_http_civchat_json_object(ngx_http_civchat_json_parser_t *ps)
 
         value = ngx_http_civchat_json_value(ps);
         if (value == NULL) {
-            goto failed;
+            break;
         }
 
         /* a repeated key: the last one wins, as in jansson */
@@ -231,28 +225,15 @@ ngx_http_civchat_json_object(ngx_http_civchat_json_parser_t *ps)
             != 0)
         {
             (void) ngx_http_civchat_json_fail(ps, "out of memory");
-            goto failed;
+            break;
         }
 
-        ngx_http_civchat_json_space(ps);
-
-        if (ps->pos < ps->last && *ps->pos == ',') {
-            ps->pos++;
-            ngx_http_civchat_json_space(ps);
-            continue;
-        }
-
-        if (ps->pos < ps->last && *ps->pos == '}') {
-            ps->pos++;
-            ps->depth--;
-            return object;
-        }
-
-        (void) ngx_http_civchat_json_fail(ps, "',' or '}' expected");
-        goto failed;
+        rc = ngx_http_civchat_json_next(ps, '}');
     }
 
-failed:
+    if (rc == NGX_OK) {
+        return object;
+    }
 
     json_decref(object);
 
@@ -263,60 +244,92 @@ failed:
 static json_t *
 ngx_http_civchat_json_array(ngx_http_civchat_json_parser_t *ps)
 {
-    json_t  *array, *value;
-
-    if (++ps->depth > NGX_HTTP_CIVCHAT_JSON_DEPTH) {
-        return ngx_http_civchat_json_fail(ps, "nested too deep");
-    }
+    json_t     *array, *value;
+    ngx_int_t   rc;
 
     array = json_array();
     if (array == NULL) {
         return ngx_http_civchat_json_fail(ps, "out of memory");
     }
 
-    ps->pos++;    /* '[' */
-    ngx_http_civchat_json_space(ps);
+    rc = ngx_http_civchat_json_open(ps, ']');
 
-    if (ps->pos < ps->last && *ps->pos == ']') {
-        ps->pos++;
-        ps->depth--;
-        return array;
-    }
-
-    for ( ;; ) {
+    while (rc == NGX_AGAIN) {
         value = ngx_http_civchat_json_value(ps);
         if (value == NULL) {
-            goto failed;
+            break;
         }
 
         if (json_array_append_new(array, value) != 0) {
             (void) ngx_http_civchat_json_fail(ps, "out of memory");
-            goto failed;
+            break;
         }
 
-        ngx_http_civchat_json_space(ps);
-
-        if (ps->pos < ps->last && *ps->pos == ',') {
-            ps->pos++;
-            ngx_http_civchat_json_space(ps);
-            continue;
-        }
-
-        if (ps->pos < ps->last && *ps->pos == ']') {
-            ps->pos++;
-            ps->depth--;
-            return array;
-        }
-
-        (void) ngx_http_civchat_json_fail(ps, "',' or ']' expected");
-        goto failed;
+        rc = ngx_http_civchat_json_next(ps, ']');
     }
 
-failed:
+    if (rc == NGX_OK) {
+        return array;
+    }
 
     json_decref(array);
 
     return NULL;
+}
+
+
+/*
+ * Into an object or array at ps->pos: NGX_AGAIN when a member follows,
+ * NGX_OK when it is empty and closed, NGX_ERROR when nested too deep.
+ */
+
+static ngx_int_t
+ngx_http_civchat_json_open(ngx_http_civchat_json_parser_t *ps, u_char close)
+{
+    if (++ps->depth > NGX_HTTP_CIVCHAT_JSON_DEPTH) {
+        (void) ngx_http_civchat_json_fail(ps, "nested too deep");
+        return NGX_ERROR;
+    }
+
+    ps->pos++;    /* '{' or '[' */
+    ngx_http_civchat_json_space(ps);
+
+    if (ps->pos < ps->last && *ps->pos == close) {
+        ps->pos++;
+        ps->depth--;
+        return NGX_OK;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * After a member or an element: NGX_AGAIN after a ',', NGX_OK after the
+ * closing byte, NGX_ERROR on anything else.
+ */
+
+static ngx_int_t
+ngx_http_civchat_json_next(ngx_http_civchat_json_parser_t *ps, u_char close)
+{
+    ngx_http_civchat_json_space(ps);
+
+    if (ps->pos < ps->last && *ps->pos == ',') {
+        ps->pos++;
+        ngx_http_civchat_json_space(ps);
+        return NGX_AGAIN;
+    }
+
+    if (ps->pos < ps->last && *ps->pos == close) {
+        ps->pos++;
+        ps->depth--;
+        return NGX_OK;
+    }
+
+    (void) ngx_http_civchat_json_fail(ps, (close == '}')
+                                          ? "',' or '}' expected"
+                                          : "',' or ']' expected");
+    return NGX_ERROR;
 }
 
 
