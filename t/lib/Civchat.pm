@@ -309,10 +309,13 @@ sub _start {
 	return (0, $out || $self->_log_tail()) if $rc != 0;
 
 	# the daemon is listening once the parent exited; wait for the pid
-	# file and for the workers
+	# file and for all the workers (one can start well after another
+	# under valgrind)
+
+	my $want = $self->_workers_wanted();
 
 	for (1 .. 100 * $SLOW) {
-		last if $self->_pid() && $self->worker_pids();
+		last if $self->_pid() && $self->worker_pids() >= $want;
 		sleep 0.05;
 	}
 
@@ -326,6 +329,19 @@ sub _start {
 	}
 
 	return (1, '');
+}
+
+# the workers nginx.conf asks for (worker_processes, 1 by default)
+
+sub _workers_wanted {
+	my ($self) = @_;
+
+	my $conf = $self->read_file('nginx.conf') // '';
+	return 1 unless $conf =~ /^\s*worker_processes\s+(\w+)\s*;/m;
+	return $1 if $1 =~ /^\d+$/;
+
+	my $n = `getconf _NPROCESSORS_ONLN 2>/dev/null` // '';
+	return $n =~ /^(\d+)/ ? $1 : 1;
 }
 
 sub _log_tail {
@@ -404,7 +420,7 @@ sub _signal {
 	return $pid;
 }
 
-# HUP, then wait until the old workers are gone and new ones run;
+# HUP, then wait until the old workers are gone and all the new ones run;
 # with a new config text, writes it first
 
 sub reload {
@@ -413,6 +429,7 @@ sub reload {
 	$self->config($content) if defined $content;
 
 	my %old = map { $_ => 1 } $self->worker_pids();
+	my $want = $self->_workers_wanted();
 	$self->_signal('HUP');
 
 	my $deadline = time() + slow(15);
@@ -420,7 +437,7 @@ sub reload {
 		my @now = $self->worker_pids();
 		my $gone = !grep { _alive($_) } keys %old;
 		my @new = grep { !$old{$_} } @now;
-		return 1 if $gone && @new;
+		return 1 if $gone && @new >= $want;
 		sleep 0.05;
 	}
 
