@@ -6,7 +6,7 @@ set -e
 
 packages="build-essential nginx nginx-dev libjansson-dev libmaxminddb-dev
           libmaxmind-db-writer-perl perl curl chromium
-          clickhouse-server clickhouse-client wrk clang"
+          clickhouse-server clickhouse-client wrk clang valgrind"
 
 missing=
 for p in $packages; do
