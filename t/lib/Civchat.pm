@@ -338,9 +338,11 @@ sub _workers_wanted {
 
 	my $conf = $self->read_file('nginx.conf') // '';
 	return 1 unless $conf =~ /^\s*worker_processes\s+(\w+)\s*;/m;
-	return $1 if $1 =~ /^\d+$/;
 
-	my $n = `getconf _NPROCESSORS_ONLN 2>/dev/null` // '';
+	my $n = $1;
+	return $n if $n =~ /^\d+$/;
+
+	$n = `getconf _NPROCESSORS_ONLN 2>/dev/null` // '';
 	return $n =~ /^(\d+)/ ? $1 : 1;
 }
 
