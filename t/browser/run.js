@@ -149,10 +149,16 @@ class Page {
         page.on('response', async (res) => {
             const st = this.streams.find((x) => x.req === res.request());
             if (st) {
-                /* with what the network stack added (Last-Event-ID) */
-                st.headers = await res.request().allHeaders();
                 st.responseHeaders = res.headers();
                 st.status = res.status();
+
+                /*
+                 * with what the network stack added (Last-Event-ID); a
+                 * page closed meanwhile leaves the headers as sent
+                 */
+                try {
+                    st.headers = await res.request().allHeaders();
+                } catch (e) { /* the page went */ }
             }
         });
         page.on('request', (r) => {
@@ -180,9 +186,13 @@ class Page {
             try {
                 json = await res.json();
             } catch (e) { /* a beacon, or the page went */ }
+            let headers = res.headers();
+            try {
+                headers = await res.allHeaders();
+            } catch (e) { /* the page went: what was read so far */ }
             this.answers.push({
                 path: r.url().replace(/^.*\//, ''), status: res.status(),
-                json: json, headers: await res.allHeaders()
+                json: json, headers: headers
             });
         });
     }
