@@ -273,7 +273,7 @@ typedef struct {
     ngx_http_civchat_stats_t     *stats;     /* shared counters */
 
     /* the first three bytes of every bot fragment, hashed (privacy.c) */
-    u_char                        bot_pairs[65536 / 8];
+    u_char                        bot_triples[65536 / 8];
 
     /* per worker: the verdicts on recent User-Agents (privacy.c) */
     ngx_http_civchat_ua_seen_t    ua_seen[NGX_HTTP_CIVCHAT_UA_SEEN];
@@ -555,8 +555,8 @@ void ngx_http_civchat_privacy(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 ngx_http_civchat_geo_t *ngx_http_civchat_geo(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
-void ngx_http_civchat_bot_pairs(u_char *pairs);
-ngx_int_t ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua);
+void ngx_http_civchat_bot_triples(u_char *triples);
+ngx_int_t ngx_http_civchat_is_bot(u_char *triples, ngx_str_t *ua);
 ngx_int_t ngx_http_civchat_is_bot_seen(ngx_http_civchat_main_conf_t *mcf,
     ngx_str_t *ua);
 ngx_int_t ngx_http_civchat_add_variables(ngx_conf_t *cf);

@@ -307,7 +307,7 @@ ngx_http_civchat_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
-    ngx_http_civchat_bot_pairs(mcf->bot_pairs);
+    ngx_http_civchat_bot_triples(mcf->bot_triples);
 
     return mcf;
 }

@@ -172,22 +172,22 @@ ngx_http_civchat_header_is_1(ngx_table_elt_t *h, const char *name,
 
 
 void
-ngx_http_civchat_bot_pairs(u_char *pairs)
+ngx_http_civchat_bot_triples(u_char *triples)
 {
     ngx_uint_t   h;
     ngx_str_t   *b;
 
-    ngx_memzero(pairs, 65536 / 8);
+    ngx_memzero(triples, 65536 / 8);
 
     for (b = ngx_http_civchat_bots; b->len; b++) {
         h = ngx_http_civchat_bot_hash(b->data);
-        pairs[h >> 3] |= (u_char) (1 << (h & 7));
+        triples[h >> 3] |= (u_char) (1 << (h & 7));
     }
 }
 
 
 ngx_int_t
-ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua)
+ngx_http_civchat_is_bot(u_char *triples, ngx_str_t *ua)
 {
     u_char      *p, *last;
     ngx_str_t   *b;
@@ -208,7 +208,7 @@ ngx_http_civchat_is_bot(u_char *pairs, ngx_str_t *ua)
     for (p = ua->data; p + 2 < last; p++) {
         h = ((h << 6) ^ (p[2] | 0x20)) & 0xffff;
 
-        if (!(pairs[h >> 3] & (1 << (h & 7)))) {
+        if (!(triples[h >> 3] & (1 << (h & 7)))) {
             continue;
         }
 
@@ -241,7 +241,7 @@ ngx_http_civchat_is_bot_seen(ngx_http_civchat_main_conf_t *mcf,
     ngx_http_civchat_ua_seen_t  *seen;
 
     if (ua->len < 3 || ua->len > NGX_HTTP_CIVCHAT_UA_MAX) {
-        return ngx_http_civchat_is_bot(mcf->bot_pairs, ua);
+        return ngx_http_civchat_is_bot(mcf->bot_triples, ua);
     }
 
     slot = (ua->len ^ (ua->data[ua->len / 2] << 1) ^ ua->data[ua->len - 2])
@@ -253,7 +253,7 @@ ngx_http_civchat_is_bot_seen(ngx_http_civchat_main_conf_t *mcf,
         return seen->bot;
     }
 
-    seen->bot = (u_char) ngx_http_civchat_is_bot(mcf->bot_pairs, ua);
+    seen->bot = (u_char) ngx_http_civchat_is_bot(mcf->bot_triples, ua);
     seen->len = (uint16_t) ua->len;
     ngx_memcpy(seen->data, ua->data, ua->len);
 
