@@ -1582,9 +1582,8 @@ ngx_http_civchat_answer(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx)
             p = ngx_cpymem(p, i ? ",{\"name\":" : "{\"name\":",
                            i ? sizeof(",{\"name\":") - 1
                              : sizeof("{\"name\":") - 1);
-            *p++ = '"';
-            p = (u_char *) ngx_escape_json(p, name->data, name->len);
-            p = ngx_sprintf(p, "\",\"reason\":\"%s\"}", ig[i].reason);
+            p = ngx_http_civchat_json_quote(p, name->data, name->len);
+            p = ngx_sprintf(p, ",\"reason\":\"%s\"}", ig[i].reason);
         }
 
         *p++ = ']';

@@ -77,6 +77,7 @@ static void ngx_http_civchat_fill_geo(ngx_http_civchat_ctx_t *ctx,
 static void ngx_http_civchat_page_view(ngx_http_civchat_ctx_t *ctx,
     ngx_http_civchat_profile_t *p);
 static uint32_t ngx_http_civchat_auto_sig(ngx_http_civchat_ctx_t *ctx);
+static ngx_uint_t ngx_http_civchat_attribute_key(ngx_str_t *name);
 static ngx_uint_t ngx_http_civchat_body_attrs(ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_save_attrs(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_profile_t *p,
@@ -471,6 +472,17 @@ ngx_http_civchat_auto_sig(ngx_http_civchat_ctx_t *ctx)
 }
 
 
+/* a body key that may name an attribute: not identity, not reserved */
+
+static ngx_uint_t
+ngx_http_civchat_attribute_key(ngx_str_t *name)
+{
+    return !ngx_http_civchat_reserved(name)
+           && ngx_strcmp(name->data, "user_id") != 0
+           && ngx_strcmp(name->data, "email") != 0;
+}
+
+
 /* whether the body has anything for the attributes (apply_one()) */
 
 static ngx_uint_t
@@ -488,8 +500,7 @@ ngx_http_civchat_body_attrs(ngx_http_civchat_ctx_t *ctx)
         name.data = (u_char *) key;
         name.len = ngx_strlen(key);
 
-        if (ngx_http_civchat_reserved(&name)
-            || ngx_strcmp(key, "user_id") == 0 || ngx_strcmp(key, "email") == 0
+        if (!ngx_http_civchat_attribute_key(&name)
             || json_is_null(value)
             || (json_is_string(value) && json_string_length(value) == 0))
         {
@@ -1108,9 +1119,7 @@ ngx_http_civchat_apply_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     rname.data = (u_char *) raw;
     rname.len = ngx_strlen(raw);
 
-    if (ngx_http_civchat_reserved(&rname)
-        || ngx_strcmp(raw, "user_id") == 0 || ngx_strcmp(raw, "email") == 0)
-    {
+    if (!ngx_http_civchat_attribute_key(&rname)) {
         /* not attributes */
         return NGX_OK;
     }
