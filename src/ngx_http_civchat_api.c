@@ -50,6 +50,12 @@ static ngx_int_t ngx_http_civchat_api_run(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_one(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op);
+static ngx_int_t ngx_http_civchat_api_profile(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op,
+    json_t **out);
+static json_t *ngx_http_civchat_api_user(ngx_http_request_t *r,
+    ngx_http_civchat_user_t *u, ngx_http_civchat_record_t *rec);
+static json_t *ngx_http_civchat_api_string(ngx_str_t *s);
 static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_request_t *r,
@@ -351,7 +357,7 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         }
 
         return ngx_http_civchat_api_one(r, ctx, kind, &id,
-                                        NGX_HTTP_CIVCHAT_API_UPSERT);
+                                        NGX_HTTP_CIVCHAT_OP_UPSERT);
     }
 
     if (rt->id.len == 0) {
@@ -389,19 +395,19 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 
     case NGX_HTTP_GET:
     case NGX_HTTP_HEAD:
-        op = NGX_HTTP_CIVCHAT_API_READ;
+        op = NGX_HTTP_CIVCHAT_OP_READ;
         break;
 
     case NGX_HTTP_DELETE:
-        op = NGX_HTTP_CIVCHAT_API_DELETE;
+        op = NGX_HTTP_CIVCHAT_OP_DELETE;
         break;
 
     case NGX_HTTP_POST:
-        op = NGX_HTTP_CIVCHAT_API_UPSERT;
+        op = NGX_HTTP_CIVCHAT_OP_UPSERT;
         break;
 
     default: /* PUT, PATCH */
-        op = NGX_HTTP_CIVCHAT_API_UPDATE;
+        op = NGX_HTTP_CIVCHAT_OP_MODIFY;
         break;
     }
 
@@ -433,13 +439,14 @@ ngx_http_civchat_api_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
                                       "the profile could not be stored");
     }
 
-    if (op == NGX_HTTP_CIVCHAT_API_DELETE) {
+    if (op == NGX_HTTP_CIVCHAT_OP_DELETE) {
         answer = json_pack("{s:b,s:s%}", "deleted", 1, "key",
-                           (char *) ctx->user.key.data, ctx->user.key.len);
+                           (char *) ctx->user.profile.data,
+                           ctx->user.profile.len);
 
     } else {
         answer = json_pack("{s:o,s:b}", "user", user, "created",
-                           (int) ctx->created);
+                           (int) ctx->user.created);
         user = NULL;
     }
 
@@ -460,7 +467,7 @@ ngx_http_civchat_api_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         }
     }
 
-    return ngx_http_civchat_api_send(r, ctx->created ? 201 : NGX_HTTP_OK,
+    return ngx_http_civchat_api_send(r, ctx->user.created ? 201 : NGX_HTTP_OK,
                                      answer);
 }
 
@@ -524,7 +531,7 @@ ngx_http_civchat_api_message(ngx_http_request_t *r,
     }
 
     rc = ngx_http_civchat_api_profile(r, ctx, rt->kind, &rt->id,
-                                      NGX_HTTP_CIVCHAT_API_READ, &user);
+                                      NGX_HTTP_CIVCHAT_OP_READ, &user);
     json_decref(user);
 
     if (rc != NGX_OK) {
@@ -549,12 +556,12 @@ ngx_http_civchat_api_message(ngx_http_request_t *r,
 
     len = json_dumpb(data, (char *) buf, len, JSON_COMPACT);
 
-    ngx_http_civchat_store_lock(ctx->lcf->zone);
-    ngx_http_civchat_live_publish(ctx->lcf->zone, &ctx->user.key, live, buf,
-                                  len);
-    ngx_http_civchat_store_unlock(ctx->lcf->zone);
+    (void) ngx_http_civchat_zone_publish(ctx->lcf->zone, &ctx->user.profile,
+                                         live, buf, len);
 
-    rc = ngx_http_civchat_add_event(r, ctx, "chat_message", &name, data);
+    rc = ngx_http_civchat_add_event_json(r, ctx,
+                                         NGX_HTTP_CIVCHAT_EV_CHAT_MESSAGE,
+                                         &name, data);
 
     json_decref(data);
 
@@ -565,8 +572,8 @@ ngx_http_civchat_api_message(ngx_http_request_t *r,
     return ngx_http_civchat_api_send(r, NGX_HTTP_OK,
                                      json_pack("{s:b,s:s%}", "sent", 1,
                                                "key",
-                                               (char *) ctx->user.key.data,
-                                               ctx->user.key.len));
+                                               (char *) ctx->user.profile.data,
+                                               ctx->user.profile.len));
 }
 
 
@@ -790,12 +797,8 @@ ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     ngx_http_civchat_ignored_t *ig;
 
     ctx->body = row;
-    ctx->created = 0;
-    ctx->changed = 0;
     ctx->events.nelts = 0;
     ctx->ignored.nelts = 0;
-    ngx_str_null(&ctx->user_id);
-    ngx_str_null(&ctx->email);
     ngx_memzero(&ctx->user, sizeof(ngx_http_civchat_user_t));
 
     if (ngx_http_civchat_api_by_body(r, ctx, &kind, &id) != NGX_OK) {
@@ -806,7 +809,7 @@ ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     }
 
     rc = ngx_http_civchat_api_profile(r, ctx, kind, &id,
-                                      NGX_HTTP_CIVCHAT_API_UPSERT, &user);
+                                      NGX_HTTP_CIVCHAT_OP_UPSERT, &user);
     json_decref(user);
 
     if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
@@ -816,11 +819,12 @@ ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
         return NGX_OK;
     }
 
-    counts[ctx->created ? 0 : 1]++;
+    counts[ctx->user.created ? 0 : 1]++;
 
     res = json_pack("{s:I,s:s,s:s%}", "row", (json_int_t) n,
-                    "result", ctx->created ? "created" : "updated",
-                    "key", (char *) ctx->user.key.data, ctx->user.key.len);
+                    "result", ctx->user.created ? "created" : "updated",
+                    "key", (char *) ctx->user.profile.data,
+                    ctx->user.profile.len);
     if (res == NULL) {
         return NGX_ERROR;
     }
@@ -1009,6 +1013,106 @@ failed:
     json_decref(rec);
 
     return NULL;
+}
+
+
+/*
+ * Reads, creates-or-updates, updates or erases the profile a key,
+ * user_id or email names, through the same plan and zone as the
+ * widget's requests.  NGX_DECLINED: no such profile.  *out gets the
+ * profile as JSON (but for an erasure).
+ */
+
+static ngx_int_t
+ngx_http_civchat_api_profile(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op,
+    json_t **out)
+{
+    ngx_int_t                  rc;
+    ngx_http_civchat_plan_t    plan;
+    ngx_http_civchat_record_t  rec;
+
+    *out = NULL;
+
+    ngx_memzero(&rec, sizeof(ngx_http_civchat_record_t));
+
+    if (ngx_http_civchat_plan_api(r, ctx, &plan, op, kind, id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_civchat_resolve(r, ctx, &plan,
+                                  (op == NGX_HTTP_CIVCHAT_OP_DELETE)
+                                  ? NULL : &rec);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (op == NGX_HTTP_CIVCHAT_OP_DELETE) {
+        return NGX_OK;
+    }
+
+    *out = ngx_http_civchat_api_user(r, &ctx->user, &rec);
+
+    return (*out != NULL) ? NGX_OK : NGX_ERROR;
+}
+
+
+static json_t *
+ngx_http_civchat_api_user(ngx_http_request_t *r, ngx_http_civchat_user_t *u,
+    ngx_http_civchat_record_t *rec)
+{
+    json_t      *aliases, *attrs;
+    ngx_str_t   *keys;
+    ngx_uint_t   i;
+
+    aliases = json_array();
+    attrs = ngx_http_civchat_json_parse(r->pool, rec->attrs.data,
+                                        rec->attrs.len, NULL);
+
+    if (aliases == NULL || !json_is_object(attrs)) {
+        json_decref(aliases);
+        json_decref(attrs);
+        return NULL;
+    }
+
+    if (rec->user_agent.len) {
+        json_object_set_new(attrs, "user_agent",
+                            ngx_http_civchat_api_string(&rec->user_agent));
+    }
+
+    keys = rec->keys.elts;
+
+    for (i = 0; i < rec->keys.nelts; i++) {
+        json_array_append_new(aliases,
+                              ngx_http_civchat_api_string(&keys[i]));
+    }
+
+    return json_pack("{s:o,s:o,s:o,s:o,s:{s:b,s:b},s:I,s:I,s:I,s:I,s:o}",
+                     "key", ngx_http_civchat_api_string(&u->profile),
+                     "user_id", ngx_http_civchat_api_string(&u->user_id),
+                     "email", ngx_http_civchat_api_string(&u->email),
+                     "aliases", aliases,
+                     "verified",
+                         "user_id", (int) u->user_id_verified,
+                         "email", (int) u->email_verified,
+                     "first_seen", (json_int_t) u->first_seen,
+                     "last_seen", (json_int_t) u->last_seen,
+                     "page_views", (json_int_t) u->page_views,
+                     "sessions", (json_int_t) u->sessions,
+                     "attributes", attrs);
+}
+
+
+/* a string, or null when empty */
+
+static json_t *
+ngx_http_civchat_api_string(ngx_str_t *s)
+{
+    if (s->len == 0) {
+        return json_null();
+    }
+
+    return json_stringn((char *) s->data, s->len);
 }
 
 

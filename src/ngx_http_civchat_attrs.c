@@ -184,6 +184,8 @@ static const ngx_str_t  ngx_http_civchat_reserved_names[] = {
     ngx_string("referrer"),
     ngx_string("title"),
     ngx_string("source_context"),
+    ngx_string("user_hash"),
+    ngx_string("link_key"),
     ngx_null_string
 };
 

@@ -36,35 +36,6 @@ static size_t ngx_http_civchat_json_len(ngx_str_t *value);
 
 
 ngx_int_t
-ngx_http_civchat_add_event(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
-    const char *type, ngx_str_t *name, json_t *attrs)
-{
-    ngx_http_civchat_event_t  *ev;
-
-    ev = ngx_array_push(&ctx->events);
-    if (ev == NULL) {
-        return NGX_ERROR;
-    }
-
-    ev->type = type;
-
-    if (name) {
-        ev->name = *name;
-
-    } else {
-        ngx_str_null(&ev->name);
-    }
-
-    if (attrs == NULL) {
-        ngx_str_set(&ev->attrs, "{}");
-        return NGX_OK;
-    }
-
-    return ngx_http_civchat_json_text(r->pool, attrs, &ev->attrs);
-}
-
-
-ngx_int_t
 ngx_http_civchat_emit_events(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx)
 {
@@ -78,6 +49,13 @@ ngx_http_civchat_emit_events(ngx_http_request_t *r,
 
     for (i = 0; i < ctx->events.nelts; i++) {
         ngx_http_civchat_count_event(r, ev[i].type);
+
+        if (!ev[i].other) {
+            /* the profile's own key: the same on all its browsers */
+            ev[i].user_key = ctx->user.profile;
+            ev[i].user_id = ctx->user.user_id;
+            ev[i].email = ctx->user.email;
+        }
     }
 
     if (ctx->lcf->sink == NULL || ctx->events.nelts == 0) {
@@ -126,13 +104,13 @@ ngx_http_civchat_event_size(ngx_http_civchat_ctx_t *ctx,
                   "\"region\":\"\",\"city\":\"\",\"user_agent\":\"\","
                   "\"attrs\":\"\"}\n")
            + NGX_HTTP_CIVCHAT_EVENT_ID_LEN + NGX_INT64_LEN
-           + ngx_strlen(ev->type);
+           + ngx_strlen(ngx_http_civchat_event_name(ev->type));
 
     size += ngx_http_civchat_json_len(&ctx->site)
             + ngx_http_civchat_json_len(&ev->name)
-            + ngx_http_civchat_json_len(&ctx->user.key)
-            + ngx_http_civchat_json_len(&ctx->user.user_id)
-            + ngx_http_civchat_json_len(&ctx->user.email)
+            + ngx_http_civchat_json_len(&ev->user_key)
+            + ngx_http_civchat_json_len(&ev->user_id)
+            + ngx_http_civchat_json_len(&ev->email)
             + ngx_http_civchat_json_len(&ctx->url)
             + ngx_http_civchat_json_len(&ctx->referrer)
             + ngx_http_civchat_json_len(&ctx->title)
@@ -156,11 +134,12 @@ ngx_http_civchat_event_line(u_char *p, ngx_http_civchat_ctx_t *ctx,
     p = ngx_sprintf(p, "\",\"ts\":%T%03M", tp->sec, tp->msec);
 
     p = ngx_http_civchat_field(p, "site", &ctx->site);
-    p = ngx_sprintf(p, ",\"type\":\"%s\"", ev->type);
+    p = ngx_sprintf(p, ",\"type\":\"%s\"",
+                    ngx_http_civchat_event_name(ev->type));
     p = ngx_http_civchat_field(p, "name", &ev->name);
-    p = ngx_http_civchat_field(p, "user_key", &ctx->user.key);
-    p = ngx_http_civchat_field(p, "user_id", &ctx->user.user_id);
-    p = ngx_http_civchat_field(p, "email", &ctx->user.email);
+    p = ngx_http_civchat_field(p, "user_key", &ev->user_key);
+    p = ngx_http_civchat_field(p, "user_id", &ev->user_id);
+    p = ngx_http_civchat_field(p, "email", &ev->email);
     p = ngx_http_civchat_field(p, "url", &ctx->url);
     p = ngx_http_civchat_field(p, "referrer", &ctx->referrer);
     p = ngx_http_civchat_field(p, "title", &ctx->title);

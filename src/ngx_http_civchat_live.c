@@ -12,657 +12,603 @@
 
 
 /*
- * The live channel: GET <location>/stream holds a server-sent events
- * stream for the visitor's own key.  What is said to a visitor (a
- * message or payload posted through the API, a change of their profile,
- * whoever made it) is published into a ring in the profile zone, under
- * the zone lock, with a sequence number.  Every worker reads the ring on
- * a short timer and writes what is new to the streams it holds, so a
- * message posted to one worker reaches a stream held by another.  The
- * sequence number is the event id: a client that reconnects with
- * Last-Event-ID gets what it missed while the ring still holds it.
+ * What is said to visitors, kept in the profile zone for the streams of
+ * every worker (stream.c): a queue of messages per profile, by its own
+ * key, each with a sequence number that is its event id.  A profile
+ * keeps at most live= messages (civchat_zone) and its last profile
+ * changes for a minute, so a chatty visitor can only push out its own
+ * messages, never another visitor's; what goes unsent over a limit is
+ * counted.  A ring of hints says which profiles had news, so a worker
+ * need not look at all of its streams; when the ring has turned over
+ * since it last read, it does look.  Everything here runs under the
+ * zone's lock (zone.c).
  */
 
 
-#define NGX_HTTP_CIVCHAT_LIVE_POLL      100
-#define NGX_HTTP_CIVCHAT_LIVE_PING      15000
-#define NGX_HTTP_CIVCHAT_LIVE_MAX_SENT  1000
+#define NGX_HTTP_CIVCHAT_LIVE_HINTS      1024
+#define NGX_HTTP_CIVCHAT_LIVE_CHANGES    16     /* profile changes a key */
+#define NGX_HTTP_CIVCHAT_LIVE_CHANGE_TTL 60     /* seconds */
+
+#define ngx_http_civchat_live_class(type)                                    \
+    ((type) == NGX_HTTP_CIVCHAT_LIVE_PROFILE ? 1 : 0)
 
 
-typedef struct {
-    ngx_queue_t                   queue;
-    ngx_http_request_t           *r;
-    ngx_http_civchat_zone_t      *zone;
-    ngx_str_t                     key;
-    ngx_uint_t                    sent;
-    uint64_t                      last;      /* the last id it was sent */
-} ngx_http_civchat_stream_t;
+static ngx_http_civchat_live_key_t *ngx_http_civchat_live_key(
+    ngx_http_civchat_zone_t *zone, ngx_str_t *profile, ngx_uint_t create);
+static void ngx_http_civchat_live_free(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_live_msg_t *m);
+static void ngx_http_civchat_live_expire(ngx_http_civchat_zone_t *zone);
+static void ngx_http_civchat_live_cap(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_live_key_t *k, ngx_uint_t class);
+static void *ngx_http_civchat_live_alloc(ngx_http_civchat_zone_t *zone,
+    size_t size);
+static ngx_http_civchat_live_name_t *ngx_http_civchat_live_find(
+    ngx_rbtree_t *tree, ngx_str_t *name);
+static void ngx_http_civchat_live_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 
 
-/* a message copied out of the ring, to be written after the unlock */
-typedef struct {
-    uint64_t                      seq;
-    ngx_uint_t                    type;
-    ngx_str_t                     key;
-    ngx_str_t                     data;
-} ngx_http_civchat_copy_t;
-
-
-static const char  *ngx_http_civchat_live_types[] = {
-    "", "message", "payload", "profile"
-};
-
-
-static ngx_int_t ngx_http_civchat_live_ring(ngx_http_civchat_zone_t *zone);
-static ngx_int_t ngx_http_civchat_stream_key(ngx_http_request_t *r,
-    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key);
-static void ngx_http_civchat_stream_cleanup(void *data);
-static void ngx_http_civchat_stream_write_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_civchat_stream_send(ngx_http_civchat_stream_t *st,
-    u_char *text, size_t len);
-static ngx_int_t ngx_http_civchat_stream_event(ngx_http_civchat_stream_t *st,
-    ngx_http_civchat_copy_t *m);
-static void ngx_http_civchat_stream_close(ngx_http_civchat_stream_t *st);
-static ngx_array_t *ngx_http_civchat_live_copy(ngx_http_civchat_zone_t *zone,
-    uint64_t from, ngx_str_t *key, ngx_pool_t *pool, uint64_t *upto);
-static void ngx_http_civchat_live_handler(ngx_event_t *ev);
-
-
-/* the ring is made when the first stream opens: a zone without */
-/* streams spends nothing on it */
+/* made when the first stream opens: a zone without streams spends nothing */
 
 ngx_int_t
 ngx_http_civchat_live_init(ngx_http_civchat_zone_t *zone)
 {
-    zone->sh->live_size = zone->live_size;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_civchat_live_ring(ngx_http_civchat_zone_t *zone)
-{
-    size_t                    size;
-    ngx_http_civchat_live_t  *ring;
+    ngx_http_civchat_live_sh_t  *live;
 
     if (zone->sh->live != NULL) {
         return NGX_OK;
     }
 
-    size = zone->sh->live_size * sizeof(ngx_http_civchat_live_t);
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    if (zone->sh->live == NULL) {
-        ring = ngx_slab_alloc_locked(zone->shpool, size);
-
-        if (ring != NULL) {
-            ngx_memzero(ring, size);
-            zone->sh->live = ring;
-        }
+    live = ngx_slab_calloc_locked(zone->shpool,
+                                  sizeof(ngx_http_civchat_live_sh_t));
+    if (live == NULL) {
+        return NGX_ERROR;
     }
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+    live->hints = ngx_slab_calloc_locked(zone->shpool,
+                                 NGX_HTTP_CIVCHAT_LIVE_HINTS
+                                 * sizeof(ngx_http_civchat_live_hint_t));
+    if (live->hints == NULL) {
+        ngx_slab_free_locked(zone->shpool, live);
+        return NGX_ERROR;
+    }
 
-    return (zone->sh->live != NULL) ? NGX_OK : NGX_ERROR;
+    ngx_rbtree_init(&live->keys, &live->keys_sentinel,
+                    ngx_http_civchat_live_insert);
+    ngx_rbtree_init(&live->addrs, &live->addrs_sentinel,
+                    ngx_http_civchat_live_insert);
+    ngx_queue_init(&live->classes[0]);
+    ngx_queue_init(&live->classes[1]);
+
+    zone->sh->live = live;
+
+    return NGX_OK;
 }
 
 
 /*
- * The zone is full: live messages go before profiles do, the oldest
- * first.  The caller holds the lock.
+ * A message for the streams of a profile.  NGX_DECLINED: nobody could
+ * hear it (no stream ever opened; a profile change with none open now).
+ */
+
+ngx_int_t
+ngx_http_civchat_live_add(ngx_http_civchat_zone_t *zone, ngx_str_t *profile,
+    ngx_uint_t type, u_char *data, size_t len)
+{
+    uint64_t                      seq;
+    ngx_uint_t                    class;
+    ngx_http_civchat_live_sh_t   *live;
+    ngx_http_civchat_live_key_t  *k;
+    ngx_http_civchat_live_msg_t  *m;
+    ngx_http_civchat_live_hint_t *h;
+
+    live = zone->sh->live;
+
+    if (live == NULL || profile->len == 0
+        || profile->len > NGX_HTTP_CIVCHAT_KEY_MAX)
+    {
+        return NGX_DECLINED;
+    }
+
+    class = ngx_http_civchat_live_class(type);
+
+    if (class == 1 && live->streams == 0) {
+        /*
+         * profile changes matter to open widgets only; messages stay for
+         * a widget that reconnects with Last-Event-ID
+         */
+        return NGX_DECLINED;
+    }
+
+    ngx_http_civchat_live_expire(zone);
+
+    k = ngx_http_civchat_live_key(zone, profile, 1);
+    if (k == NULL) {
+        (void) ngx_atomic_fetch_add(&live->dropped, 1);
+        return NGX_ERROR;
+    }
+
+    ngx_http_civchat_live_cap(zone, k, class);
+
+    m = ngx_http_civchat_live_alloc(zone,
+                        offsetof(ngx_http_civchat_live_msg_t, data) + len);
+    if (m == NULL) {
+        (void) ngx_atomic_fetch_add(&live->dropped, 1);
+
+        if (ngx_queue_empty(&k->messages)) {
+            ngx_rbtree_delete(&live->keys, &k->node);
+            ngx_slab_free_locked(zone->shpool, k);
+        }
+
+        return NGX_ERROR;
+    }
+
+    seq = ++live->seq;
+
+    m->seq = seq;
+    m->owner = k;
+    m->time = (uint32_t) ngx_time();
+    m->len = (uint32_t) len;
+    m->type = (u_char) type;
+    ngx_memcpy(m->data, data, len);
+
+    ngx_queue_insert_tail(&k->messages, &m->in_key);
+    ngx_queue_insert_tail(&live->classes[class], &m->in_class);
+    k->count[class]++;
+    live->total++;
+
+    h = &live->hints[seq % NGX_HTTP_CIVCHAT_LIVE_HINTS];
+    h->seq = seq;
+    h->len = k->len;
+    ngx_memcpy(h->key, k->key, k->len);
+
+    return NGX_OK;
+}
+
+
+/* a profile keeps live= messages and its last profile changes */
+
+static void
+ngx_http_civchat_live_cap(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_live_key_t *k, ngx_uint_t class)
+{
+    ngx_uint_t                    cap;
+    ngx_queue_t                  *q;
+    ngx_http_civchat_live_msg_t  *m;
+
+    cap = class ? NGX_HTTP_CIVCHAT_LIVE_CHANGES : zone->sh->live_size;
+
+    while (k->count[class] >= cap) {
+
+        for (q = ngx_queue_head(&k->messages);
+             q != ngx_queue_sentinel(&k->messages);
+             q = ngx_queue_next(q))
+        {
+            m = ngx_queue_data(q, ngx_http_civchat_live_msg_t, in_key);
+
+            if (ngx_http_civchat_live_class(m->type) == class) {
+                break;
+            }
+        }
+
+        if (q == ngx_queue_sentinel(&k->messages)) {
+            return;
+        }
+
+        /* the visitor's own oldest goes; counted if no stream had it */
+        (void) ngx_atomic_fetch_add(&zone->sh->live->dropped, 1);
+        ngx_http_civchat_live_free(zone, m);
+    }
+}
+
+
+/* profile changes are for open streams: a minute is plenty */
+
+static void
+ngx_http_civchat_live_expire(ngx_http_civchat_zone_t *zone)
+{
+    time_t                        old;
+    ngx_queue_t                  *q;
+    ngx_http_civchat_live_msg_t  *m;
+
+    old = ngx_time() - NGX_HTTP_CIVCHAT_LIVE_CHANGE_TTL;
+
+    while (!ngx_queue_empty(&zone->sh->live->classes[1])) {
+        q = ngx_queue_head(&zone->sh->live->classes[1]);
+        m = ngx_queue_data(q, ngx_http_civchat_live_msg_t, in_class);
+
+        if ((time_t) m->time > old) {
+            return;
+        }
+
+        ngx_http_civchat_live_free(zone, m);
+    }
+}
+
+
+/*
+ * The zone is full: the oldest message goes before any profile does,
+ * profile changes first.
  */
 
 ngx_int_t
 ngx_http_civchat_live_drop_oldest(ngx_http_civchat_zone_t *zone)
 {
-    ngx_http_civchat_live_t  *m;
+    ngx_uint_t                    class;
+    ngx_queue_t                  *q;
+    ngx_http_civchat_live_sh_t   *live;
+    ngx_http_civchat_live_msg_t  *m;
 
-    if (zone->sh->live == NULL) {
+    live = zone->sh->live;
+
+    if (live == NULL) {
         return NGX_DECLINED;
     }
 
-    while (zone->sh->live_oldest < zone->sh->live_seq) {
-        m = &zone->sh->live[++zone->sh->live_oldest % zone->sh->live_size];
-
-        if (m->data != NULL && m->seq == zone->sh->live_oldest) {
-            ngx_slab_free_locked(zone->shpool, m->data);
-            m->data = NULL;
-            m->seq = 0;
-            return NGX_OK;
-        }
-    }
-
-    return NGX_DECLINED;
-}
-
-
-/* the caller holds the zone lock */
-
-void
-ngx_http_civchat_live_publish(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
-    ngx_uint_t type, u_char *data, size_t len)
-{
-    u_char                   *copy;
-    uint64_t                  seq;
-    ngx_http_civchat_live_t  *m;
-
-    if (zone->sh->live == NULL || key->len == 0
-        || key->len > NGX_HTTP_CIVCHAT_KEY_MAX)
-    {
-        /* no stream ever opened: nothing to tell */
-        return;
-    }
-
-    if (type == NGX_HTTP_CIVCHAT_LIVE_PROFILE && zone->sh->streams == 0) {
-        /*
-         * profile changes matter to open widgets only; messages stay in
-         * the ring for a widget that reconnects with Last-Event-ID
-         */
-        return;
-    }
-
-    copy = ngx_slab_alloc_locked(zone->shpool, len);
-    if (copy == NULL) {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "civchat zone \"%V\": no room for a live message",
-                      &zone->name);
-        return;
-    }
-
-    ngx_memcpy(copy, data, len);
-
-    seq = zone->sh->live_seq + 1;
-    m = &zone->sh->live[seq % zone->sh->live_size];
-
-    if (m->data != NULL) {
-        ngx_slab_free_locked(zone->shpool, m->data);
-    }
-
-    if (seq > zone->sh->live_size
-        && zone->sh->live_oldest < seq - zone->sh->live_size)
-    {
-        zone->sh->live_oldest = seq - zone->sh->live_size;
-    }
-
-    m->data = copy;
-    m->len = (uint32_t) len;
-    m->type = (u_char) type;
-    m->key_len = (u_char) key->len;
-    ngx_memcpy(m->key, key->data, key->len);
-    m->seq = seq;
-
-    /* last: readers outside the lock compare against it */
-    ngx_memory_barrier();
-    zone->sh->live_seq = seq;
-}
-
-
-ngx_int_t
-ngx_http_civchat_stream_handler(ngx_http_request_t *r,
-    ngx_http_civchat_loc_conf_t *lcf)
-{
-    u_char                     *p;
-    uint64_t                    last;
-    ngx_int_t                   rc;
-    ngx_str_t                   key, value;
-    ngx_uint_t                  i;
-    ngx_array_t                *missed;
-    ngx_table_elt_t            *h;
-    ngx_http_cleanup_t         *cln;
-    ngx_http_civchat_zone_t    *zone;
-    ngx_http_civchat_copy_t    *m;
-    ngx_http_civchat_stream_t  *st;
-
-    zone = lcf->zone;
-
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    if (zone->sh->live_size == 0) {
-        return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
-                                      "%s", "the live channel is off for "
-                                      "this zone (civchat_zone live=0)");
-    }
-
-    if (ngx_http_civchat_live_ring(zone) != NGX_OK) {
-        return ngx_http_civchat_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "zone_full", "%s", "the zone has no "
-                                      "room for the live channel");
-    }
-
-    if (ngx_http_civchat_stream_key(r, lcf, &key) != NGX_OK) {
-        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
-                                      "missing_field", "%s",
-                                      "the stream needs the visitor key "
-                                      "(cookie or ?key=)");
-    }
-
-    last = zone->sh->live_seq;
-
-    /* a reconnect: what the client missed */
-    h = ngx_http_civchat_find_header(r, "Last-Event-ID");
-
-    if (h == NULL
-        && ngx_http_arg(r, (u_char *) "last_id", 7, &value) == NGX_OK)
-    {
-        h = ngx_pcalloc(r->pool, sizeof(ngx_table_elt_t));
-        if (h == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        h->value = value;
-    }
-
-    if (h != NULL) {
-        rc = ngx_atoof(h->value.data, h->value.len);
-
-        if (rc >= 0 && (uint64_t) rc < last) {
-            last = (uint64_t) rc;
-        }
-    }
-
-    st = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_stream_t));
-    if (st == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    st->r = r;
-    st->zone = zone;
-    st->key = key;
-    st->last = last;
-
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = -1;
-    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    ngx_str_set(&value, "no-store");
-
-    if (ngx_http_civchat_add_header(r, "Cache-Control", &value) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    /* proxies in front must pass each event on at once */
-    ngx_str_set(&value, "no");
-
-    if (ngx_http_civchat_add_header(r, "X-Accel-Buffering", &value)
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    r->main->count++;
-    r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = ngx_http_civchat_stream_write_handler;
-
-    cln->handler = ngx_http_civchat_stream_cleanup;
-    cln->data = st;
-
-    ngx_queue_insert_tail(&zone->streams, &st->queue);
-    (void) ngx_atomic_fetch_add(&zone->sh->streams, 1);
-
-    if (!zone->live_ev.timer_set) {
-        zone->live_read = zone->sh->live_seq;
-        zone->live_pinged = ngx_current_msec;
-        ngx_add_timer(&zone->live_ev, NGX_HTTP_CIVCHAT_LIVE_POLL);
-    }
-
-    p = (u_char *) "retry: 3000\n\n";
-
-    if (ngx_http_civchat_stream_send(st, p, 13) != NGX_OK) {
-        return NGX_DONE;
-    }
-
-    if (last < zone->sh->live_seq) {
-        missed = ngx_http_civchat_live_copy(zone, last, &key, r->pool,
-                                            &last);
-
-        if (missed != NULL) {
-            m = missed->elts;
-
-            for (i = 0; i < missed->nelts; i++) {
-                if (ngx_http_civchat_stream_event(st, &m[i]) != NGX_OK) {
-                    break;
-                }
-            }
-        }
-    }
-
-    return NGX_DONE;
-}
-
-
-static ngx_int_t
-ngx_http_civchat_stream_key(ngx_http_request_t *r,
-    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key)
-{
-    ngx_str_t  value;
-
-    /* the cookie; cross-origin pages send ?key= (EventSource has no body) */
-    ngx_http_civchat_cookie_key(r, lcf, key);
-
-    if (key->len) {
-        return NGX_OK;
-    }
-
-    if (ngx_http_arg(r, (u_char *) "key", 3, &value) == NGX_OK
-        && ngx_http_civchat_valid_key(value.data, value.len))
-    {
-        *key = value;
-        return NGX_OK;
-    }
-
-    return NGX_DECLINED;
-}
-
-
-static void
-ngx_http_civchat_stream_cleanup(void *data)
-{
-    ngx_http_civchat_stream_t  *st = data;
-
-    ngx_queue_remove(&st->queue);
-    (void) ngx_atomic_fetch_add(&st->zone->sh->streams, -1);
-}
-
-
-static void
-ngx_http_civchat_stream_write_handler(ngx_http_request_t *r)
-{
-    if (ngx_http_output_filter(r, NULL) == NGX_ERROR) {
-        ngx_http_finalize_request(r, NGX_ERROR);
-    }
-}
-
-
-static ngx_int_t
-ngx_http_civchat_stream_send(ngx_http_civchat_stream_t *st, u_char *text,
-    size_t len)
-{
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
-
-    if (st->r->connection->buffered & NGX_HTTP_WRITE_BUFFERED
-        && st->sent > NGX_HTTP_CIVCHAT_LIVE_MAX_SENT / 10)
-    {
-        /* a client that does not read: let it reconnect */
-        ngx_http_civchat_stream_close(st);
-        return NGX_ERROR;
-    }
-
-    b = ngx_create_temp_buf(st->r->pool, len);
-    if (b == NULL) {
-        ngx_http_civchat_stream_close(st);
-        return NGX_ERROR;
-    }
-
-    b->last = ngx_cpymem(b->pos, text, len);
-    b->flush = 1;
-
-    out.buf = b;
-    out.next = NULL;
-
-    if (ngx_http_output_filter(st->r, &out) == NGX_ERROR) {
-        ngx_http_civchat_stream_close(st);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_civchat_stream_event(ngx_http_civchat_stream_t *st,
-    ngx_http_civchat_copy_t *m)
-{
-    u_char  *text, *p;
-    size_t   len;
-
-    len = sizeof("id: \nevent: \ndata: \n\n") + NGX_INT64_LEN + 16
-          + m->data.len;
-
-    text = ngx_pnalloc(st->r->pool, len);
-    if (text == NULL) {
-        ngx_http_civchat_stream_close(st);
-        return NGX_ERROR;
-    }
-
-    /* the data is one line of JSON: no newline to split */
-    p = ngx_sprintf(text, "id: %uL\nevent: %s\ndata: %V\n\n", m->seq,
-                    ngx_http_civchat_live_types[m->type], &m->data);
-
-    if (m->seq <= st->last) {
-        /* replayed already, or from before the stream opened */
-        return NGX_OK;
-    }
-
-    st->last = m->seq;
-
-    if (ngx_http_civchat_stream_send(st, text, p - text) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    if (++st->sent >= NGX_HTTP_CIVCHAT_LIVE_MAX_SENT) {
-        /* the request pool grows with every event: start afresh */
-        ngx_http_civchat_stream_close(st);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_civchat_stream_close(ngx_http_civchat_stream_t *st)
-{
-    ngx_http_request_t  *r;
-
-    r = st->r;
-
-    /* the cleanup takes it off the list */
-    ngx_http_finalize_request(r, ngx_http_send_special(r, NGX_HTTP_LAST));
-}
-
-
-/* the ring's messages after "from", for one key or all, copied out */
-
-static ngx_array_t *
-ngx_http_civchat_live_copy(ngx_http_civchat_zone_t *zone, uint64_t from,
-    ngx_str_t *key, ngx_pool_t *pool, uint64_t *upto)
-{
-    uint64_t                  seq, to;
-    ngx_array_t              *out;
-    ngx_http_civchat_live_t  *m;
-    ngx_http_civchat_copy_t  *c;
-
-    out = ngx_array_create(pool, 4, sizeof(ngx_http_civchat_copy_t));
-    if (out == NULL) {
-        return NULL;
-    }
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    to = zone->sh->live_seq;
-    *upto = to;
-
-    if (to - from > zone->sh->live_size) {
-        /* older ones are gone */
-        from = to - zone->sh->live_size;
-    }
-
-    for (seq = from + 1; seq <= to; seq++) {
-        m = &zone->sh->live[seq % zone->sh->live_size];
-
-        if (m->seq != seq) {
+    for (class = 2; class-- > 0; /* void */) {
+        if (ngx_queue_empty(&live->classes[class])) {
             continue;
         }
 
-        if (key != NULL
-            && (key->len != m->key_len
-                || ngx_memcmp(key->data, m->key, m->key_len) != 0))
-        {
+        q = ngx_queue_head(&live->classes[class]);
+        m = ngx_queue_data(q, ngx_http_civchat_live_msg_t, in_class);
+
+        (void) ngx_atomic_fetch_add(&live->dropped, 1);
+        ngx_http_civchat_live_free(zone, m);
+
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static void
+ngx_http_civchat_live_free(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_live_msg_t *m)
+{
+    ngx_http_civchat_live_key_t  *k;
+
+    k = m->owner;
+
+    ngx_queue_remove(&m->in_key);
+    ngx_queue_remove(&m->in_class);
+    k->count[ngx_http_civchat_live_class(m->type)]--;
+    zone->sh->live->total--;
+
+    ngx_slab_free_locked(zone->shpool, m);
+
+    if (ngx_queue_empty(&k->messages)) {
+        ngx_rbtree_delete(&zone->sh->live->keys, &k->node);
+        ngx_slab_free_locked(zone->shpool, k);
+    }
+}
+
+
+/* an allocation that gives up the oldest messages, not profiles */
+
+static void *
+ngx_http_civchat_live_alloc(ngx_http_civchat_zone_t *zone, size_t size)
+{
+    void  *p;
+
+    for ( ;; ) {
+        p = ngx_slab_alloc_locked(zone->shpool, size);
+        if (p != NULL) {
+            return p;
+        }
+
+        if (ngx_http_civchat_live_drop_oldest(zone) != NGX_OK) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "civchat zone \"%V\": no room for a live message",
+                          &zone->name);
+            return NULL;
+        }
+    }
+}
+
+
+static ngx_http_civchat_live_key_t *
+ngx_http_civchat_live_key(ngx_http_civchat_zone_t *zone, ngx_str_t *profile,
+    ngx_uint_t create)
+{
+    ngx_http_civchat_live_key_t  *k;
+
+    k = (ngx_http_civchat_live_key_t *)
+            ngx_http_civchat_live_find(&zone->sh->live->keys, profile);
+
+    if (k != NULL || !create) {
+        return k;
+    }
+
+    k = ngx_http_civchat_live_alloc(zone,
+                                    sizeof(ngx_http_civchat_live_key_t));
+    if (k == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(k, sizeof(ngx_http_civchat_live_key_t));
+
+    k->node.key = ngx_crc32_short(profile->data, profile->len);
+    k->len = (u_char) profile->len;
+    ngx_memcpy(k->key, profile->data, profile->len);
+    ngx_queue_init(&k->messages);
+
+    ngx_rbtree_insert(&zone->sh->live->keys, &k->node);
+
+    return k;
+}
+
+
+/* the trees of live.c: by the crc32 of a name, then by the name */
+
+static ngx_http_civchat_live_name_t *
+ngx_http_civchat_live_find(ngx_rbtree_t *tree, ngx_str_t *name)
+{
+    uint32_t                       hash;
+    ngx_int_t                      rc;
+    ngx_rbtree_node_t             *node, *sentinel;
+    ngx_http_civchat_live_name_t  *n;
+
+    hash = ngx_crc32_short(name->data, name->len);
+
+    node = tree->root;
+    sentinel = tree->sentinel;
+
+    while (node != sentinel) {
+
+        if (hash != node->key) {
+            node = (hash < node->key) ? node->left : node->right;
+            continue;
+        }
+
+        n = (ngx_http_civchat_live_name_t *) node;
+
+        rc = ngx_memn2cmp(name->data, n->data, name->len, n->len);
+
+        if (rc == 0) {
+            return n;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_civchat_live_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t             **p;
+    ngx_http_civchat_live_name_t   *n, *t;
+
+    n = (ngx_http_civchat_live_name_t *) node;
+
+    for ( ;; ) {
+
+        if (node->key != temp->key) {
+            p = (node->key < temp->key) ? &temp->left : &temp->right;
+
+        } else {
+            t = (ngx_http_civchat_live_name_t *) temp;
+            p = (ngx_memn2cmp(n->data, t->data, n->len, t->len) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+/*
+ * The messages of one profile after "from", copied out (out holds
+ * ngx_http_civchat_live_copy_t).
+ */
+
+ngx_int_t
+ngx_http_civchat_live_copy(ngx_http_civchat_zone_t *zone, uint64_t from,
+    ngx_str_t *profile, ngx_pool_t *pool, ngx_array_t *out, uint64_t *upto)
+{
+    ngx_queue_t                   *q;
+    ngx_http_civchat_live_key_t   *k;
+    ngx_http_civchat_live_msg_t   *m;
+    ngx_http_civchat_live_copy_t  *c;
+
+    if (zone->sh->live == NULL) {
+        *upto = 0;
+        return NGX_OK;
+    }
+
+    *upto = zone->sh->live->seq;
+
+    k = ngx_http_civchat_live_key(zone, profile, 0);
+    if (k == NULL) {
+        return NGX_OK;
+    }
+
+    for (q = ngx_queue_head(&k->messages);
+         q != ngx_queue_sentinel(&k->messages);
+         q = ngx_queue_next(q))
+    {
+        m = ngx_queue_data(q, ngx_http_civchat_live_msg_t, in_key);
+
+        if (m->seq <= from) {
             continue;
         }
 
         c = ngx_array_push(out);
         if (c == NULL) {
-            break;
+            return NGX_ERROR;
         }
 
-        c->seq = seq;
+        c->seq = m->seq;
         c->type = m->type;
-        c->key.len = m->key_len;
-        c->key.data = ngx_pnalloc(pool, m->key_len + m->len);
-
-        if (c->key.data == NULL) {
-            out->nelts--;
-            break;
+        c->data.len = m->len;
+        c->data.data = ngx_pnalloc(pool, m->len);
+        if (c->data.data == NULL) {
+            return NGX_ERROR;
         }
 
-        ngx_memcpy(c->key.data, m->key, m->key_len);
-        c->data.data = c->key.data + m->key_len;
-        c->data.len = m->len;
         ngx_memcpy(c->data.data, m->data, m->len);
     }
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    return out;
-}
-
-
-void
-ngx_http_civchat_live_init_process(ngx_http_civchat_zone_t *zone,
-    ngx_cycle_t *cycle)
-{
-    ngx_queue_init(&zone->streams);
-
-    zone->live_ev.handler = ngx_http_civchat_live_handler;
-    zone->live_ev.data = zone;
-    zone->live_ev.log = cycle->log;
-
-    /* streams end with the worker: they do not hold up a reload */
-    zone->live_ev.cancelable = 1;
-}
-
-
-static void
-ngx_http_civchat_live_handler(ngx_event_t *ev)
-{
-    ngx_uint_t                  i, ping;
-    ngx_pool_t                 *pool;
-    ngx_queue_t                *q, *next;
-    ngx_array_t                *news;
-    ngx_http_civchat_zone_t    *zone;
-    ngx_http_civchat_copy_t    *m;
-    ngx_http_civchat_stream_t  *st;
-
-    zone = ev->data;
-
-    if (ngx_queue_empty(&zone->streams) || ngx_exiting || ngx_terminate) {
-        return;
-    }
-
-    ngx_add_timer(ev, NGX_HTTP_CIVCHAT_LIVE_POLL);
-
-    ping = (ngx_current_msec - zone->live_pinged
-            >= NGX_HTTP_CIVCHAT_LIVE_PING);
-
-    if (ping) {
-        /* comments keep proxies and load balancers from timing out */
-        zone->live_pinged = ngx_current_msec;
-
-        for (q = ngx_queue_head(&zone->streams);
-             q != ngx_queue_sentinel(&zone->streams);
-             q = next)
-        {
-            next = ngx_queue_next(q);
-            st = ngx_queue_data(q, ngx_http_civchat_stream_t, queue);
-
-            (void) ngx_http_civchat_stream_send(st, (u_char *) ": ping\n\n",
-                                                8);
-        }
-    }
-
-    if (zone->sh->live_seq == zone->live_read) {
-        return;
-    }
-
-    pool = ngx_create_pool(4096, ev->log);
-    if (pool == NULL) {
-        return;
-    }
-
-    news = ngx_http_civchat_live_copy(zone, zone->live_read, NULL, pool,
-                                      &zone->live_read);
-
-    if (news != NULL && news->nelts) {
-        m = news->elts;
-
-        for (i = 0; i < news->nelts; i++) {
-            for (q = ngx_queue_head(&zone->streams);
-                 q != ngx_queue_sentinel(&zone->streams);
-                 q = next)
-            {
-                next = ngx_queue_next(q);
-                st = ngx_queue_data(q, ngx_http_civchat_stream_t, queue);
-
-                if (st->key.len == m[i].key.len
-                    && ngx_memcmp(st->key.data, m[i].key.data, st->key.len)
-                       == 0)
-                {
-                    (void) ngx_http_civchat_stream_event(st, &m[i]);
-                }
-            }
-        }
-    }
-
-    ngx_destroy_pool(pool);
+    return NGX_OK;
 }
 
 
 /*
- * The worker exits (reload, quit): its streams are closed here, before
- * nginx counts open sockets; the browsers reconnect to the new workers.
+ * Which profiles had news after "from" (out holds ngx_str_t, each once);
+ * NGX_AGAIN: the hints have turned over since, look at every stream.
  */
 
-void
-ngx_http_civchat_live_exit_process(ngx_http_civchat_zone_t *zone)
+ngx_int_t
+ngx_http_civchat_live_news(ngx_http_civchat_zone_t *zone, uint64_t from,
+    ngx_pool_t *pool, ngx_array_t *out, uint64_t *upto)
 {
-    ngx_queue_t                *q;
-    ngx_http_civchat_stream_t  *st;
+    uint64_t                       seq;
+    ngx_str_t                     *k;
+    ngx_uint_t                     i;
+    ngx_http_civchat_live_sh_t    *live;
+    ngx_http_civchat_live_hint_t  *h;
 
-    if (zone->streams.next == NULL) {
+    live = zone->sh->live;
+
+    if (live == NULL) {
+        *upto = 0;
+        return NGX_OK;
+    }
+
+    *upto = live->seq;
+
+    if (live->seq - from > NGX_HTTP_CIVCHAT_LIVE_HINTS) {
+        return NGX_AGAIN;
+    }
+
+    for (seq = from + 1; seq <= live->seq; seq++) {
+        h = &live->hints[seq % NGX_HTTP_CIVCHAT_LIVE_HINTS];
+
+        k = out->elts;
+
+        for (i = 0; i < out->nelts; i++) {
+            if (k[i].len == h->len
+                && ngx_memcmp(k[i].data, h->key, h->len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i < out->nelts) {
+            continue;
+        }
+
+        k = ngx_array_push(out);
+        if (k == NULL) {
+            return NGX_ERROR;
+        }
+
+        k->len = h->len;
+        k->data = ngx_pnalloc(pool, h->len);
+        if (k->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(k->data, h->key, h->len);
+    }
+
+    return NGX_OK;
+}
+
+
+/* a profile erased or merged: what was to be said to it goes too */
+
+void
+ngx_http_civchat_live_forget(ngx_http_civchat_zone_t *zone,
+    ngx_str_t *profile)
+{
+    ngx_queue_t                  *q;
+    ngx_http_civchat_live_key_t  *k;
+    ngx_http_civchat_live_msg_t  *m;
+
+    if (zone->sh->live == NULL) {
         return;
     }
 
-    while (!ngx_queue_empty(&zone->streams)) {
-        q = ngx_queue_head(&zone->streams);
-        ngx_queue_remove(q);
+    k = ngx_http_civchat_live_key(zone, profile, 0);
 
-        st = ngx_queue_data(q, ngx_http_civchat_stream_t, queue);
+    while (k != NULL) {
+        q = ngx_queue_head(&k->messages);
+        m = ngx_queue_data(q, ngx_http_civchat_live_msg_t, in_key);
 
-        (void) ngx_atomic_fetch_add(&zone->sh->streams, -1);
+        /* the last one frees the key */
+        k = (k->count[0] + k->count[1] > 1) ? k : NULL;
 
-        /* the cleanup must not unlink it again */
-        ngx_queue_init(&st->queue);
-
-        ngx_close_connection(st->r->connection);
+        ngx_http_civchat_live_free(zone, m);
     }
+}
+
+
+/*
+ * Streams open from one client address, in all workers: delta +1 fails
+ * with NGX_BUSY at the limit, -1 always succeeds.
+ */
+
+ngx_int_t
+ngx_http_civchat_live_addr(ngx_http_civchat_zone_t *zone, ngx_str_t *addr,
+    ngx_int_t delta, ngx_uint_t limit)
+{
+    ngx_http_civchat_live_sh_t    *live;
+    ngx_http_civchat_live_addr_t  *a;
+
+    live = zone->sh->live;
+
+    if (live == NULL || addr->len == 0 || addr->len > NGX_SOCKADDR_STRLEN) {
+        return NGX_OK;
+    }
+
+    a = (ngx_http_civchat_live_addr_t *)
+            ngx_http_civchat_live_find(&live->addrs, addr);
+
+    if (delta < 0) {
+        if (a != NULL && --a->streams == 0) {
+            ngx_rbtree_delete(&live->addrs, &a->node);
+            ngx_slab_free_locked(zone->shpool, a);
+        }
+
+        return NGX_OK;
+    }
+
+    if (a == NULL) {
+        a = ngx_http_civchat_live_alloc(zone,
+                                        sizeof(ngx_http_civchat_live_addr_t));
+        if (a == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(a, sizeof(ngx_http_civchat_live_addr_t));
+        a->node.key = ngx_crc32_short(addr->data, addr->len);
+        a->len = (u_char) addr->len;
+        ngx_memcpy(a->addr, addr->data, addr->len);
+
+        ngx_rbtree_insert(&live->addrs, &a->node);
+    }
+
+    if (limit && a->streams >= limit) {
+        return NGX_BUSY;
+    }
+
+    a->streams++;
+
+    return NGX_OK;
 }

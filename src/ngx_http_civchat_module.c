@@ -35,6 +35,12 @@ static char *ngx_http_civchat_cookie_domain(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_civchat_geoip(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_civchat_identity_secret(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_civchat_read_secret(ngx_conf_t *cf,
+    ngx_str_t *name, ngx_str_t *secret);
+static char *ngx_http_civchat_stream_limit(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_civchat_preconf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_civchat_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_civchat_init_process(ngx_cycle_t *cycle);
@@ -164,6 +170,27 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_civchat_loc_conf_t, unified),
+      NULL },
+
+    { ngx_string("civchat_identity_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_civchat_identity_secret,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_stream_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_civchat_stream_limit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_stream_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_civchat_loc_conf_t, stream_idle),
       NULL },
 
     { ngx_string("civchat_authorize_by_email"),
@@ -337,6 +364,8 @@ ngx_http_civchat_create_loc_conf(ngx_conf_t *cf)
      *     conf->greeting = { 0, NULL };
      *     conf->widget_base = { 0, NULL };
      *     conf->location = { 0, NULL };
+     *     conf->identity = NULL;
+     *     conf->identity_set = 0;
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -356,6 +385,9 @@ ngx_http_civchat_create_loc_conf(ngx_conf_t *cf)
     conf->widget_state = NGX_CONF_UNSET_UINT;
     conf->widget_max_age = NGX_CONF_UNSET;
     conf->session_timeout = NGX_CONF_UNSET;
+    conf->stream_per_key = NGX_CONF_UNSET_UINT;
+    conf->stream_per_address = NGX_CONF_UNSET_UINT;
+    conf->stream_idle = NGX_CONF_UNSET_MSEC;
 
     return conf;
 }
@@ -366,6 +398,8 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     ngx_http_civchat_loc_conf_t *prev = parent;
     ngx_http_civchat_loc_conf_t *conf = child;
+
+    ngx_http_civchat_main_conf_t  *mcf;
 
     /* not inherited: a nested location is not an endpoint location */
     if (conf->enable == NGX_CONF_UNSET) {
@@ -394,6 +428,17 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->unified, prev->unified, 0);
     ngx_conf_merge_value(conf->authorize_by_email, prev->authorize_by_email,
                          0);
+
+    if (!conf->identity_set) {
+        conf->identity = prev->identity;
+        conf->identity_set = prev->identity_set;
+    }
+
+    ngx_conf_merge_uint_value(conf->stream_per_key, prev->stream_per_key, 8);
+    ngx_conf_merge_uint_value(conf->stream_per_address,
+                              prev->stream_per_address, 100);
+    ngx_conf_merge_msec_value(conf->stream_idle, prev->stream_idle,
+                              10 * 60 * 1000);
 
     ngx_conf_merge_value(conf->anonymize_ip, prev->anonymize_ip, 0);
     ngx_conf_merge_value(conf->respect_gpc, prev->respect_gpc, 1);
@@ -438,6 +483,12 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"civchat\" in location \"%V\" needs at least "
                            "one \"civchat_api_key\"", &conf->location);
         return NGX_CONF_ERROR;
+    }
+
+    if (conf->identity == NULL) {
+        /* nginx -t says so once, at the end (ngx_http_civchat_init()) */
+        mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_civchat_module);
+        mcf->unverified_locations++;
     }
 
     return ngx_http_civchat_merge_zone(cf, conf);
@@ -526,7 +577,7 @@ ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     zone->name = value[1];
     zone->state_interval = 10000;
-    zone->live_size = 256;
+    zone->live_size = 64;
 
     size = ngx_parse_size(&value[2]);
 
@@ -877,6 +928,176 @@ ngx_http_civchat_cookie_domain(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/*
+ * civchat_identity_secret SECRET | file=PATH: the key of the HMAC a
+ * site's backend signs user_ids and emails with.  Only its hashed key
+ * blocks are kept.
+ */
+
+static char *
+ngx_http_civchat_identity_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_str_t  *value, secret, name;
+
+    if (lcf->identity_set) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    secret = value[1];
+
+    if (ngx_strncmp(secret.data, "file=", 5) == 0) {
+        name.data = secret.data + 5;
+        name.len = secret.len - 5;
+
+        if (ngx_http_civchat_read_secret(cf, &name, &secret) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (secret.len < 16) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"civchat_identity_secret\" must be at least 16 "
+                           "bytes long (a random secret of 32 or more is "
+                           "best)");
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->identity = ngx_palloc(cf->pool, sizeof(ngx_http_civchat_hmac_t));
+    if (lcf->identity == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_http_civchat_hmac_key(lcf->identity, secret.data, secret.len);
+
+    if (secret.data != value[1].data) {
+        ngx_explicit_memzero(secret.data, secret.len);
+    }
+
+    lcf->identity_set = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* the secret is the file's content, a final line break left out */
+
+static ngx_int_t
+ngx_http_civchat_read_secret(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_str_t *secret)
+{
+    ssize_t          n;
+    ngx_fd_t         fd;
+    ngx_file_info_t  fi;
+
+    if (ngx_conf_full_name(cf->cycle, name, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", name);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > 4096)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "civchat_identity_secret file \"%V\" is not a "
+                           "file of at most 4096 bytes", name);
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    secret->data = ngx_pnalloc(cf->temp_pool, ngx_file_size(&fi) + 1);
+    if (secret->data == NULL) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    n = ngx_read_fd(fd, secret->data, ngx_file_size(&fi));
+    ngx_close_file(fd);
+
+    if (n != (ssize_t) ngx_file_size(&fi)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "reading \"%V\" failed", name);
+        return NGX_ERROR;
+    }
+
+    while (n && (secret->data[n - 1] == '\n' || secret->data[n - 1] == '\r'))
+    {
+        n--;
+    }
+
+    secret->len = n;
+
+    return NGX_OK;
+}
+
+
+/* civchat_stream_limit [per_key=N] [per_address=N] (0: no limit) */
+
+static char *
+ngx_http_civchat_stream_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_civchat_loc_conf_t *lcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (lcf->stream_per_key != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    lcf->stream_per_key = 8;
+    lcf->stream_per_address = 100;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "per_key=", 8) == 0) {
+            n = ngx_atoi(value[i].data + 8, value[i].len - 8);
+            if (n == NGX_ERROR || n > 255) {
+                goto invalid;
+            }
+
+            lcf->stream_per_key = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "per_address=", 12) == 0) {
+            n = ngx_atoi(value[i].data + 12, value[i].len - 12);
+            if (n == NGX_ERROR || n > 65535) {
+                goto invalid;
+            }
+
+            lcf->stream_per_address = n;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
 static char *
 ngx_http_civchat_geoip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -907,6 +1128,15 @@ ngx_http_civchat_init(ngx_conf_t *cf)
 
     /* Last-Modified of widget.js: when this configuration was loaded */
     mcf->loaded = ngx_time();
+
+    if (mcf->unverified_locations) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "civchat: %ui location(s) without "
+                      "\"civchat_identity_secret\": a user_id or email "
+                      "that a browser sends is trusted without proof "
+                      "(the User.com-compatible mode, README \"Identity\")",
+                      mcf->unverified_locations);
+    }
 
     return ngx_http_civchat_stats_add(cf, mcf);
 }
@@ -946,11 +1176,11 @@ ngx_http_civchat_init_process(ngx_cycle_t *cycle)
     zones = mcf->zones->elts;
 
     for (i = 0; i < mcf->zones->nelts; i++) {
-        ngx_http_civchat_live_init_process(zones[i], cycle);
+        ngx_http_civchat_stream_init_process(zones[i], cycle);
 
         /* one worker saves the zones periodically, the master at stop */
         if (ngx_worker == 0) {
-            ngx_http_civchat_state_timer(zones[i], cycle);
+            ngx_http_civchat_zone_timer(zones[i], cycle);
         }
     }
 
@@ -980,7 +1210,7 @@ ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
     zones = mcf->zones->elts;
 
     for (i = 0; i < mcf->zones->nelts; i++) {
-        ngx_http_civchat_live_exit_process(zones[i]);
+        ngx_http_civchat_stream_exit_process(zones[i]);
     }
 
     if (ngx_process == NGX_PROCESS_SINGLE) {
@@ -1015,6 +1245,6 @@ ngx_http_civchat_save_zones(ngx_cycle_t *cycle)
     zones = mcf->zones->elts;
 
     for (i = 0; i < mcf->zones->nelts; i++) {
-        (void) ngx_http_civchat_state_save(zones[i], cycle->log);
+        ngx_http_civchat_zone_save(zones[i], cycle->log);
     }
 }

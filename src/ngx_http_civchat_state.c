@@ -28,13 +28,15 @@ static u_char *ngx_http_civchat_state_profile(u_char *p,
     ngx_http_civchat_zone_t *zone, ngx_http_civchat_profile_t *pr);
 static u_char *ngx_http_civchat_state_string(u_char *p, const char *name,
     ngx_http_civchat_index_t *ix);
-static ngx_int_t ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,
-    u_char *buf, size_t len, ngx_log_t *log);
+static u_char *ngx_http_civchat_state_keys(u_char *p, const char *name,
+    ngx_http_civchat_profile_t *pr, u_char mask, u_char flags);
+static void ngx_http_civchat_state_alias(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *pr, json_t *list, u_char flags);
 static ngx_int_t ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone,
     u_char *line, size_t len);
 static ngx_int_t ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *pr, u_char kind, json_t *value);
-static void ngx_http_civchat_state_handler(ngx_event_t *ev);
+    ngx_http_civchat_profile_t *pr, u_char kind, json_t *value,
+    json_t *verified);
 
 
 static size_t
@@ -55,7 +57,10 @@ ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone)
 
         /* escaped strings grow at most sixfold (\u00XX) */
         size += sizeof("{\"key\":\"\",\"user_id\":\"\",\"email\":\"\","
-                       "\"aliases\":[],\"first_seen\":,\"last_seen\":,"
+                       "\"aliases\":[],\"unproved\":[],\"retired\":[],"
+                       "\"key_retired\":true,"
+                       "\"verified\":[\"user_id\",\"email\"],"
+                       "\"first_seen\":,\"last_seen\":,"
                        "\"page_views\":,\"sessions\":,\"attrs\":}\n")
                 + 4 * NGX_INT_T_LEN + 3 * 6 * 255 + pr->attrs_len + 2
                 + sizeof(",\"user_agent\":\"\"");
@@ -97,30 +102,43 @@ static u_char *
 ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *pr)
 {
-    ngx_str_t                  ua;
-    ngx_uint_t                 first;
-    ngx_queue_t               *a;
-    ngx_http_civchat_alias_t  *alias;
+    ngx_str_t  ua;
 
     p = ngx_sprintf(p, "{\"key\":\"%*s\"", (size_t) pr->key.len,
                     pr->key.data);
     p = ngx_http_civchat_state_string(p, "user_id", &pr->user_id);
     p = ngx_http_civchat_state_string(p, "email", &pr->email);
 
-    p = ngx_cpymem(p, ",\"aliases\":[", sizeof(",\"aliases\":[") - 1);
-    first = 1;
+    p = ngx_http_civchat_state_keys(p, "aliases", pr,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED
+                                    |NGX_HTTP_CIVCHAT_KEY_UNPROVED, 0);
+    p = ngx_http_civchat_state_keys(p, "unproved", pr,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED
+                                    |NGX_HTTP_CIVCHAT_KEY_UNPROVED,
+                                    NGX_HTTP_CIVCHAT_KEY_UNPROVED);
+    p = ngx_http_civchat_state_keys(p, "retired", pr,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED);
 
-    for (a = ngx_queue_head(&pr->aliases);
-         a != ngx_queue_sentinel(&pr->aliases);
-         a = ngx_queue_next(a))
-    {
-        alias = ngx_queue_data(a, ngx_http_civchat_alias_t, queue);
-        p = ngx_sprintf(p, "%s\"%*s\"", first ? "" : ",",
-                        (size_t) alias->index.len, alias->index.data);
-        first = 0;
+    if (pr->key.flags & NGX_HTTP_CIVCHAT_KEY_RETIRED) {
+        p = ngx_cpymem(p, ",\"key_retired\":true",
+                       sizeof(",\"key_retired\":true") - 1);
     }
 
-    p = ngx_sprintf(p, "],\"first_seen\":%T,\"last_seen\":%T,"
+    if (pr->user_id.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED) {
+        p = ngx_cpymem(p, ",\"verified\":[\"user_id\"",
+                       sizeof(",\"verified\":[\"user_id\"") - 1);
+        p = ngx_cpymem(p, (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED)
+                          ? ",\"email\"]" : "]",
+                       (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED)
+                       ? sizeof(",\"email\"]") - 1 : 1);
+
+    } else if (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED) {
+        p = ngx_cpymem(p, ",\"verified\":[\"email\"]",
+                       sizeof(",\"verified\":[\"email\"]") - 1);
+    }
+
+    p = ngx_sprintf(p, ",\"first_seen\":%T,\"last_seen\":%T,"
                     "\"page_views\":%ui,\"sessions\":%ui,\"attrs\":",
                     (time_t) pr->first_seen, (time_t) pr->last_seen,
                     (ngx_uint_t) pr->page_views, (ngx_uint_t) pr->sessions);
@@ -147,32 +165,63 @@ ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_zone_t *zone,
 }
 
 
+/* ,"name":[...] of the other keys whose flags & mask are flags */
+
+static u_char *
+ngx_http_civchat_state_keys(u_char *p, const char *name,
+    ngx_http_civchat_profile_t *pr, u_char mask, u_char flags)
+{
+    ngx_uint_t                 first;
+    ngx_queue_t               *a;
+    ngx_http_civchat_alias_t  *alias;
+
+    p = ngx_sprintf(p, ",\"%s\":[", name);
+    first = 1;
+
+    for (a = ngx_queue_head(&pr->aliases);
+         a != ngx_queue_sentinel(&pr->aliases);
+         a = ngx_queue_next(a))
+    {
+        alias = ngx_queue_data(a, ngx_http_civchat_alias_t, queue);
+
+        if ((alias->index.flags & mask) != flags) {
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s\"%*s\"", first ? "" : ",",
+                        (size_t) alias->index.len, alias->index.data);
+        first = 0;
+    }
+
+    *p++ = ']';
+
+    return p;
+}
+
+
+/*
+ * The zone as text (ngx_alloc()ed, the caller frees it), with the lock
+ * held by the caller; NGX_DECLINED when nothing changed since the last
+ * save.
+ */
+
 ngx_int_t
-ngx_http_civchat_state_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
+ngx_http_civchat_state_dump(ngx_http_civchat_zone_t *zone, ngx_log_t *log,
+    ngx_str_t *text, ngx_uint_t *changes)
 {
     u_char                      *buf, *p;
     size_t                       size;
-    ngx_int_t                    rc;
-    ngx_uint_t                   changes;
     ngx_queue_t                 *q;
     ngx_http_civchat_profile_t  *pr;
 
-    if (zone->state.len == 0 || zone->sh == NULL) {
-        return NGX_OK;
-    }
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
     if (zone->sh->changes == zone->sh->saved) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-        return NGX_OK;
+        return NGX_DECLINED;
     }
 
     size = ngx_http_civchat_state_size(zone);
 
     buf = ngx_alloc(size, log);
     if (buf == NULL) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
         return NGX_ERROR;
     }
 
@@ -187,25 +236,16 @@ ngx_http_civchat_state_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
         p = ngx_http_civchat_state_profile(p, zone, pr);
     }
 
-    changes = zone->sh->changes;
+    *changes = zone->sh->changes;
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+    text->data = buf;
+    text->len = p - buf;
 
-    rc = ngx_http_civchat_state_write(zone, buf, p - buf, log);
-
-    ngx_free(buf);
-
-    if (rc == NGX_OK) {
-        ngx_shmtx_lock(&zone->shpool->mutex);
-        zone->sh->saved = changes;
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-    }
-
-    return rc;
+    return NGX_OK;
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone, u_char *buf,
     size_t len, ngx_log_t *log)
 {
@@ -358,7 +398,6 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
     size_t len)
 {
     char                        *text;
-    size_t                       i;
     json_t                      *j, *v, *ua;
     ngx_str_t                    key;
     ngx_int_t                    rc;
@@ -382,7 +421,7 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
     key.len = json_string_length(v);
 
     if (!ngx_http_civchat_valid_key(key.data, key.len)
-        || ngx_http_civchat_store_find(zone, NGX_HTTP_CIVCHAT_BY_KEY, &key))
+        || ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY, &key))
     {
         goto done;
     }
@@ -398,27 +437,27 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
     pr->page_views = json_integer_value(json_object_get(j, "page_views"));
     pr->sessions = json_integer_value(json_object_get(j, "sessions"));
 
+    v = json_object_get(j, "verified");
+
     if (ngx_http_civchat_state_index(zone, pr, NGX_HTTP_CIVCHAT_BY_USER_ID,
-                                     json_object_get(j, "user_id"))
+                                     json_object_get(j, "user_id"), v)
         != NGX_OK
         || ngx_http_civchat_state_index(zone, pr, NGX_HTTP_CIVCHAT_BY_EMAIL,
-                                        json_object_get(j, "email"))
+                                        json_object_get(j, "email"), v)
            != NGX_OK)
     {
         goto done;
     }
 
-    json_array_foreach(json_object_get(j, "aliases"), i, v) {
-        key.data = (u_char *) json_string_value(v);
-        key.len = json_string_length(v);
-
-        if (key.data && ngx_http_civchat_valid_key(key.data, key.len)
-            && ngx_http_civchat_store_find(zone, NGX_HTTP_CIVCHAT_BY_KEY,
-                                           &key) == NULL)
-        {
-            (void) ngx_http_civchat_store_add_alias(zone, pr, &key);
-        }
+    if (json_is_true(json_object_get(j, "key_retired"))) {
+        pr->key.flags |= NGX_HTTP_CIVCHAT_KEY_RETIRED;
     }
+
+    ngx_http_civchat_state_alias(zone, pr, json_object_get(j, "aliases"), 0);
+    ngx_http_civchat_state_alias(zone, pr, json_object_get(j, "unproved"),
+                                 NGX_HTTP_CIVCHAT_KEY_UNPROVED);
+    ngx_http_civchat_state_alias(zone, pr, json_object_get(j, "retired"),
+                                 NGX_HTTP_CIVCHAT_KEY_RETIRED);
 
     v = json_object_get(j, "attrs");
 
@@ -448,7 +487,7 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
 done:
 
     /* loading runs alone, before any worker: nothing else to protect */
-    zone->npinned = 0;
+    ngx_http_civchat_store_unpin(zone);
     free(text);
     json_decref(j);
 
@@ -458,9 +497,12 @@ done:
 
 static ngx_int_t
 ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *pr, u_char kind, json_t *value)
+    ngx_http_civchat_profile_t *pr, u_char kind, json_t *value,
+    json_t *verified)
 {
-    ngx_str_t  s;
+    size_t      i;
+    json_t     *v;
+    ngx_str_t   s;
 
     if (!json_is_string(value) || json_string_length(value) == 0) {
         return NGX_OK;
@@ -469,39 +511,49 @@ ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
     s.data = (u_char *) json_string_value(value);
     s.len = json_string_length(value);
 
-    return ngx_http_civchat_store_set_index(zone, pr, kind, &s);
-}
-
-
-void
-ngx_http_civchat_state_timer(ngx_http_civchat_zone_t *zone,
-    ngx_cycle_t *cycle)
-{
-    ngx_event_t  *ev;
-
-    if (zone->state.len == 0) {
-        return;
+    if (ngx_http_civchat_store_set_index(zone, pr, kind, &s) != NGX_OK) {
+        return NGX_ERROR;
     }
 
-    ev = &zone->save_event;
+    json_array_foreach(verified, i, v) {
+        if (json_is_string(v)
+            && ngx_strcmp(json_string_value(v),
+                          ((kind == NGX_HTTP_CIVCHAT_BY_USER_ID)
+                           ? "user_id" : "email"))
+               == 0)
+        {
+            if (kind == NGX_HTTP_CIVCHAT_BY_USER_ID) {
+                pr->user_id.flags |= NGX_HTTP_CIVCHAT_ID_VERIFIED;
 
-    ev->handler = ngx_http_civchat_state_handler;
-    ev->data = zone;
-    ev->log = cycle->log;
-    ev->cancelable = 1;
+            } else {
+                pr->email.flags |= NGX_HTTP_CIVCHAT_ID_VERIFIED;
+            }
+        }
+    }
 
-    ngx_add_timer(ev, zone->state_interval);
+    return NGX_OK;
 }
 
 
+/* keys of a profile from its line: sessions, unproved or retired ones */
+
 static void
-ngx_http_civchat_state_handler(ngx_event_t *ev)
+ngx_http_civchat_state_alias(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *pr, json_t *list, u_char flags)
 {
-    ngx_http_civchat_zone_t  *zone = ev->data;
+    size_t      i;
+    json_t     *v;
+    ngx_str_t   key;
 
-    (void) ngx_http_civchat_state_save(zone, ev->log);
+    json_array_foreach(list, i, v) {
+        key.data = (u_char *) json_string_value(v);
+        key.len = json_string_length(v);
 
-    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
-        ngx_add_timer(ev, zone->state_interval);
+        if (key.data && ngx_http_civchat_valid_key(key.data, key.len)
+            && ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY,
+                                            &key) == NULL)
+        {
+            (void) ngx_http_civchat_store_add_key(zone, pr, &key, flags);
+        }
     }
 }

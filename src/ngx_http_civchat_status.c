@@ -45,21 +45,9 @@ typedef struct {
 } ngx_http_civchat_family_t;
 
 
-static const char  *ngx_http_civchat_endpoint_names[] = {
-    "unknown", "init", "page_hit", "reset_auth", "update", "event",
-    "product_event", "p.gif", "stream", "message", "widget.js", "options"
-};
-
-
 static ngx_uint_t  ngx_http_civchat_statuses[] = {
-    200, 204, 304, 400, 403, 404, 405, 413, 415, 500, 503, 0
-};
-
-
-static const char  *ngx_http_civchat_event_types[] = {
-    "user_created", "page_view", "event", "product_event",
-    "profile_updated", "user_identified", "user_merged", "email_claimed",
-    "auth_reset", "user_deleted", "chat_message", "other", NULL
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 429, 500,
+    503, 0
 };
 
 
@@ -130,31 +118,34 @@ ngx_http_civchat_stats_init(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-ngx_uint_t
-ngx_http_civchat_event_type(const char *type)
-{
-    ngx_uint_t  i;
-
-    for (i = 0; ngx_http_civchat_event_types[i + 1]; i++) {
-        if (ngx_strcmp(ngx_http_civchat_event_types[i], type) == 0) {
-            return i;
-        }
-    }
-
-    return i;
-}
-
-
-void
-ngx_http_civchat_count_event(ngx_http_request_t *r, const char *type)
+ngx_http_civchat_stats_t *
+ngx_http_civchat_stats(ngx_http_request_t *r)
 {
     ngx_http_civchat_main_conf_t  *mcf;
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_civchat_module);
 
-    if (mcf->stats != NULL) {
-        (void) ngx_atomic_fetch_add(
-                     &mcf->stats->events[ngx_http_civchat_event_type(type)], 1);
+    return mcf->stats;
+}
+
+
+void
+ngx_http_civchat_count(ngx_http_request_t *r, ngx_atomic_t *counter,
+    ngx_uint_t n)
+{
+    (void) ngx_atomic_fetch_add(counter, n);
+}
+
+
+void
+ngx_http_civchat_count_event(ngx_http_request_t *r, ngx_uint_t type)
+{
+    ngx_http_civchat_stats_t  *st;
+
+    st = ngx_http_civchat_stats(r);
+
+    if (st != NULL && type < NGX_HTTP_CIVCHAT_EVENT_TYPES) {
+        (void) ngx_atomic_fetch_add(&st->events[type], 1);
     }
 }
 
@@ -180,16 +171,9 @@ ngx_http_civchat_log_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    if (r->method == NGX_HTTP_OPTIONS) {
-        endpoint = NGX_HTTP_CIVCHAT_ENDPOINTS - 1;
-
-    } else {
-        endpoint = ngx_http_civchat_endpoint(r, lcf);
-
-        if (endpoint == NGX_HTTP_CIVCHAT_WIDGET) {
-            endpoint = NGX_HTTP_CIVCHAT_ENDPOINTS - 2;
-        }
-    }
+    endpoint = (r->method == NGX_HTTP_OPTIONS)
+               ? NGX_HTTP_CIVCHAT_OPTIONS
+               : ngx_http_civchat_endpoint(r, &lcf->location);
 
     status = r->err_status ? r->err_status : r->headers_out.status;
 
@@ -361,15 +345,15 @@ ngx_http_civchat_status_requests(u_char *p, ngx_http_civchat_stats_t *st)
             }
 
             if (ngx_http_civchat_statuses[s]) {
-                p = ngx_sprintf(p, "civchat_requests_total{endpoint=\"%s\","
+                p = ngx_sprintf(p, "civchat_requests_total{endpoint=\"%V\","
                                 "status=\"%ui\"} %uA\n",
-                                ngx_http_civchat_endpoint_names[e],
+                                &ngx_http_civchat_endpoint_info(e)->name,
                                 ngx_http_civchat_statuses[s], n);
 
             } else {
-                p = ngx_sprintf(p, "civchat_requests_total{endpoint=\"%s\","
+                p = ngx_sprintf(p, "civchat_requests_total{endpoint=\"%V\","
                                 "status=\"other\"} %uA\n",
-                                ngx_http_civchat_endpoint_names[e], n);
+                                &ngx_http_civchat_endpoint_info(e)->name, n);
             }
         }
     }
@@ -386,9 +370,9 @@ ngx_http_civchat_status_events(u_char *p, ngx_http_civchat_stats_t *st)
     p = ngx_sprintf(p, "# HELP civchat_events_total Events emitted, by "
                     "type.\n# TYPE civchat_events_total counter\n");
 
-    for (i = 0; ngx_http_civchat_event_types[i]; i++) {
+    for (i = 0; i < NGX_HTTP_CIVCHAT_EVENT_TYPES; i++) {
         p = ngx_sprintf(p, "civchat_events_total{type=\"%s\"} %uA\n",
-                        ngx_http_civchat_event_types[i], st->events[i]);
+                        ngx_http_civchat_event_name(i), st->events[i]);
     }
 
     p = ngx_sprintf(p, "# HELP civchat_bots_total Bot requests answered "
@@ -397,8 +381,19 @@ ngx_http_civchat_status_events(u_char *p, ngx_http_civchat_stats_t *st)
                     "# HELP civchat_anonymous_total Page views counted "
                     "anonymously (Sec-GPC, DNT).\n"
                     "# TYPE civchat_anonymous_total counter\n"
-                    "civchat_anonymous_total %uA\n",
-                    st->bots, st->anonymous);
+                    "civchat_anonymous_total %uA\n"
+                    "# HELP civchat_unverified_total Identities a browser "
+                    "claimed without the proof civchat_identity_secret "
+                    "asks for.\n"
+                    "# TYPE civchat_unverified_total counter\n"
+                    "civchat_unverified_total %uA\n"
+                    "# HELP civchat_streams_refused_total Live streams "
+                    "refused: an unknown or unproved key, or over "
+                    "civchat_stream_limit.\n"
+                    "# TYPE civchat_streams_refused_total counter\n"
+                    "civchat_streams_refused_total %uA\n",
+                    st->bots, st->anonymous, st->unverified,
+                    st->streams_refused);
 
     return p;
 }
@@ -474,9 +469,8 @@ ngx_http_civchat_status_stores(u_char *p, ngx_http_civchat_main_conf_t *mcf)
 static u_char *
 ngx_http_civchat_status_zones(u_char *p, ngx_http_civchat_main_conf_t *mcf)
 {
-    size_t                     total;
-    ngx_uint_t                 f, i, v;
-    ngx_slab_pool_t           *shpool;
+    ngx_uint_t                 f, i;
+    ngx_uint_t                 counts[NGX_HTTP_CIVCHAT_ZONE_COUNTS];
     ngx_http_civchat_zone_t  **zones;
 
     static const char  *families[] = {
@@ -484,47 +478,29 @@ ngx_http_civchat_status_zones(u_char *p, ngx_http_civchat_main_conf_t *mcf)
         "civchat_zone_bytes_used", "gauge", "Zone memory in use.",
         "civchat_zone_bytes", "gauge", "Zone memory in all.",
         "civchat_evictions_total", "counter",
-        "Profiles evicted to make room."
+        "Profiles evicted to make room.",
+        "civchat_live_dropped_total", "counter",
+        "Live messages dropped unsent: over a visitor's limit (live=) or "
+        "for room."
     };
 
     zones = mcf->zones->elts;
 
-    for (f = 0; f < 4; f++) {
+    for (f = 0; f < NGX_HTTP_CIVCHAT_ZONE_COUNTS; f++) {
         p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
                         families[f * 3], families[f * 3 + 2],
                         families[f * 3], families[f * 3 + 1]);
 
         for (i = 0; i < mcf->zones->nelts; i++) {
-            shpool = zones[i]->shpool;
-
-            if (shpool == NULL) {
+            if (zones[i]->shpool == NULL) {
                 continue;
             }
 
-            ngx_shmtx_lock(&shpool->mutex);
-
-            total = shpool->end - shpool->start;
-
-            switch (f) {
-            case 0:
-                v = zones[i]->sh->profiles;
-                break;
-            case 1:
-                v = total - ngx_min(total, shpool->pfree * ngx_pagesize);
-                break;
-            case 2:
-                v = total;
-                break;
-            default:
-                v = zones[i]->sh->evictions;
-                break;
-            }
-
-            ngx_shmtx_unlock(&shpool->mutex);
+            ngx_http_civchat_zone_counts(zones[i], counts);
 
             p = ngx_sprintf(p, "%s{zone=\"", families[f * 3]);
             p = ngx_http_civchat_label(p, &zones[i]->name);
-            p = ngx_sprintf(p, "\"} %ui\n", v);
+            p = ngx_sprintf(p, "\"} %ui\n", counts[f]);
         }
     }
 

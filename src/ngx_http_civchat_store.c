@@ -12,10 +12,15 @@
 
 
 /*
- * The profile zone follows limit_req: a slab pool holding one rbtree of
- * index entries (keys, aliases, user_ids, emails, each pointing at its
- * profile) and an LRU queue of profiles.  Callers hold the zone mutex
- * around a whole request's work; every function here expects it held.
+ * The profile zone's data follows limit_req: a slab pool holding one
+ * rbtree of index entries (keys, user_ids, emails, each pointing at its
+ * profile) and an LRU queue of profiles.  zone.c holds the zone mutex
+ * around all that is done here.
+ *
+ * A profile's keys: its own (the first, which names it in events and
+ * the server API) and those of the other browsers that hold it, each a
+ * session, and keys retired at a change of identity, kept a while so
+ * that no browser can adopt them again (README "Identity").
  *
  * Making room evicts the least recently seen profile, so every profile
  * a locked section has found or created is pinned until the unlock:
@@ -23,8 +28,10 @@
  */
 
 
-static ngx_int_t ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone,
-    void *data);
+#define NGX_HTTP_CIVCHAT_SESSIONS_MAX    16     /* live keys a profile */
+#define NGX_HTTP_CIVCHAT_RETIRED_MAX     4      /* retired keys it keeps */
+
+
 static void ngx_http_civchat_rbtree_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static uint32_t ngx_http_civchat_hash(u_char kind, u_char *data, size_t len);
@@ -32,8 +39,7 @@ static ngx_http_civchat_profile_t *ngx_http_civchat_index_profile(
     ngx_http_civchat_index_t *ix);
 static ngx_int_t ngx_http_civchat_index_cmp(ngx_http_civchat_index_t *a,
     u_char kind, u_char *data, size_t len);
-static void *ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone,
-    size_t size);
+#define ngx_http_civchat_alloc  ngx_http_civchat_store_alloc
 
 #define ngx_http_civchat_free(zone, p)                                       \
     ngx_http_civchat_mem_free((zone)->shpool, &(zone)->sh->mem, p)
@@ -42,77 +48,27 @@ static ngx_int_t ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone);
 static void ngx_http_civchat_index_insert(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_index_t *ix);
 static void ngx_http_civchat_find_name(ngx_http_civchat_profile_t *p);
-static u_char *ngx_http_civchat_skip_value(u_char *p, u_char *last);
 static ngx_int_t ngx_http_civchat_rebuild(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p, ngx_str_t *user_id, ngx_str_t *email,
     u_char *attrs, size_t attrs_len);
 static void ngx_http_civchat_relink(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_index_t *ix, u_char *data, ngx_str_t *value);
-static ngx_int_t ngx_http_civchat_alias_new(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *p, u_char *data, size_t len);
+static ngx_http_civchat_alias_t *ngx_http_civchat_alias_new(
+    ngx_http_civchat_zone_t *zone, ngx_http_civchat_profile_t *p,
+    u_char *data, size_t len, u_char flags);
+static void ngx_http_civchat_alias_free(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_alias_t *a);
+static void ngx_http_civchat_keys_cap(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p);
+static void ngx_http_civchat_retire_stamp(ngx_http_civchat_index_t *ix);
 static void ngx_http_civchat_ua_release(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p);
 
-char *
-ngx_http_civchat_zone_add(ngx_conf_t *cf, ngx_http_civchat_zone_t *zone,
-    size_t size)
+/* a fresh zone's data (zone.c has mapped it and holds no lock yet) */
+
+ngx_int_t
+ngx_http_civchat_store_init(ngx_http_civchat_zone_t *zone)
 {
-    ngx_shm_zone_t  *shm_zone;
-
-    shm_zone = ngx_shared_memory_add(cf, &zone->name, size,
-                                     &ngx_http_civchat_module);
-    if (shm_zone == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    if (shm_zone->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "civchat zone \"%V\" is already defined",
-                           &zone->name);
-        return NGX_CONF_ERROR;
-    }
-
-    shm_zone->init = ngx_http_civchat_init_zone;
-    shm_zone->data = zone;
-    zone->shm_zone = shm_zone;
-
-    return NGX_CONF_OK;
-}
-
-
-static ngx_int_t
-ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
-{
-    ngx_http_civchat_zone_t  *ozone = data;
-
-    size_t                    len;
-    ngx_http_civchat_zone_t  *zone;
-
-    zone = shm_zone->data;
-    zone->log = shm_zone->shm.log;
-
-    if (ozone) {
-        /* a reload: the old cycle's zone keeps its profiles */
-        zone->sh = ozone->sh;
-        zone->shpool = ozone->shpool;
-        return NGX_OK;
-    }
-
-    zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-
-    if (shm_zone->shm.exists) {
-        zone->sh = zone->shpool->data;
-        return NGX_OK;
-    }
-
-    zone->sh = ngx_slab_alloc(zone->shpool, sizeof(ngx_http_civchat_shctx_t));
-    if (zone->sh == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(zone->sh, sizeof(ngx_http_civchat_shctx_t));
-    zone->shpool->data = zone->sh;
-
     if (ngx_http_civchat_mem_init(zone->shpool, &zone->sh->mem) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -123,43 +79,7 @@ ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
                     ngx_rbtree_insert_value);
     ngx_queue_init(&zone->sh->lru);
 
-    len = sizeof(" in civchat zone \"\"") + shm_zone->shm.name.len;
-
-    zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
-    if (zone->shpool->log_ctx == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_sprintf(zone->shpool->log_ctx, " in civchat zone \"%V\"%Z",
-                &shm_zone->shm.name);
-
-    /* running out of memory is normal: the LRU makes room */
-    zone->shpool->log_nomem = 0;
-
-    if (ngx_http_civchat_live_init(zone) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    if (zone->state.len) {
-        return ngx_http_civchat_state_load(zone);
-    }
-
     return NGX_OK;
-}
-
-
-void
-ngx_http_civchat_store_lock(ngx_http_civchat_zone_t *zone)
-{
-    ngx_shmtx_lock(&zone->shpool->mutex);
-}
-
-
-void
-ngx_http_civchat_store_unlock(ngx_http_civchat_zone_t *zone)
-{
-    zone->npinned = 0;
-    ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
 
@@ -259,15 +179,16 @@ ngx_http_civchat_index_profile(ngx_http_civchat_index_t *ix)
 }
 
 
-ngx_http_civchat_profile_t *
-ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
+/* the index entry of a key, user_id or email, retired keys included */
+
+ngx_http_civchat_index_t *
+ngx_http_civchat_store_index(ngx_http_civchat_zone_t *zone, u_char kind,
     ngx_str_t *value)
 {
-    uint32_t                     hash;
-    ngx_int_t                    rc;
-    ngx_rbtree_node_t           *node, *sentinel;
-    ngx_http_civchat_index_t    *ix;
-    ngx_http_civchat_profile_t  *p;
+    uint32_t                   hash;
+    ngx_int_t                  rc;
+    ngx_rbtree_node_t         *node, *sentinel;
+    ngx_http_civchat_index_t  *ix;
 
     if (value->len == 0 || value->len > 255) {
         return NULL;
@@ -295,9 +216,7 @@ ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
         rc = ngx_http_civchat_index_cmp(ix, kind, value->data, value->len);
 
         if (rc == 0) {
-            p = ngx_http_civchat_index_profile(ix);
-            ngx_http_civchat_store_pin(zone, p);
-            return p;
+            return ix;
         }
 
         node = (rc > 0) ? node->left : node->right;
@@ -307,14 +226,45 @@ ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
 }
 
 
+ngx_http_civchat_profile_t *
+ngx_http_civchat_store_owner(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_index_t *ix)
+{
+    ngx_http_civchat_profile_t  *p;
+
+    p = ngx_http_civchat_index_profile(ix);
+    ngx_http_civchat_store_pin(zone, p);
+
+    return p;
+}
+
+
+/* the profile holding a user_id or email, or a live key */
+
+ngx_http_civchat_profile_t *
+ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
+    ngx_str_t *value)
+{
+    ngx_http_civchat_index_t  *ix;
+
+    ix = ngx_http_civchat_store_index(zone, kind, value);
+
+    if (ix == NULL || (ix->flags & NGX_HTTP_CIVCHAT_KEY_RETIRED)) {
+        return NULL;
+    }
+
+    return ngx_http_civchat_store_owner(zone, ix);
+}
+
+
 /*
  * Allocation never fails a request while there is something to evict:
  * the least recently seen profile goes first, except the ones the
  * current request works on.
  */
 
-static void *
-ngx_http_civchat_alloc(ngx_http_civchat_zone_t *zone, size_t size)
+void *
+ngx_http_civchat_store_alloc(ngx_http_civchat_zone_t *zone, size_t size)
 {
     void  *p;
 
@@ -491,110 +441,33 @@ ngx_http_civchat_store_set_attrs(ngx_http_civchat_zone_t *zone,
 
 /*
  * Where the top-level "name" string is in the attributes' text, which
- * only json.c writes (compact, valid): a name with escapes, or too far
- * in, is read from the parsed attributes instead (name_pos 0xffff).
+ * only json.c writes (compact, valid): the answer copies it as it is,
+ * quotes and escapes included.
  */
 
 static void
 ngx_http_civchat_find_name(ngx_http_civchat_profile_t *p)
 {
-    u_char  *text, *q, *last, *key, *value;
+    u_char     *text;
+    ngx_str_t   attrs, value;
 
     p->name_pos = 0;
     p->name_len = 0;
 
-    if (p->attrs_len < 2) {
-        return;
-    }
-
     text = ngx_http_civchat_profile_attrs(p);
-    last = text + p->attrs_len - 1;    /* the closing '}' */
 
-    for (q = text + 1; q < last; /* void */) {
-        key = q;
-        q = ngx_http_civchat_skip_value(q, last);
-        value = ++q;                   /* after ':' */
-        q = ngx_http_civchat_skip_value(q, last);
+    attrs.data = text;
+    attrs.len = p->attrs_len;
 
-        if (q - key > 0 && value - key == sizeof("\"name\":") - 1
-            && ngx_strncmp(key, "\"name\":", sizeof("\"name\":") - 1) == 0
-            && *value == '"')
-        {
-            value++;
+    ngx_http_civchat_text_find(&attrs, "\"name\"", sizeof("\"name\"") - 1,
+                               &value);
 
-            if (ngx_strlchr(value, q - 1, '\\') != NULL
-                || value - text >= 0xffff || q - 1 - value >= 0xffff)
-            {
-                p->name_pos = 0xffff;
-                return;
-            }
-
-            p->name_pos = (uint16_t) (value - text);
-            p->name_len = (uint16_t) (q - 1 - value);
-            return;
-        }
-
-        if (q < last && *q == ',') {
-            q++;
-        }
+    if (value.len > 1 && value.data[0] == '"'
+        && value.data - text < 0xffff && value.len < 0xffff)
+    {
+        p->name_pos = (uint16_t) (value.data - text);
+        p->name_len = (uint16_t) value.len;
     }
-}
-
-
-/* past one JSON value (a string, number, literal, object or array) */
-
-static u_char *
-ngx_http_civchat_skip_value(u_char *p, u_char *last)
-{
-    ngx_uint_t  depth;
-
-    depth = 0;
-
-    while (p < last) {
-        switch (*p) {
-
-        case '"':
-            for (p++; p < last && *p != '"'; p++) {
-                if (*p == '\\') {
-                    p++;
-                }
-            }
-
-            p++;
-            break;
-
-        case '{':
-        case '[':
-            depth++;
-            p++;
-            continue;
-
-        case '}':
-        case ']':
-            depth--;
-            p++;
-            break;
-
-        case ',':
-        case ':':
-            if (depth == 0) {
-                return p;
-            }
-
-            p++;
-            continue;
-
-        default:
-            p++;
-            continue;
-        }
-
-        if (depth == 0) {
-            return p;
-        }
-    }
-
-    return p;
 }
 
 
@@ -672,75 +545,228 @@ ngx_http_civchat_relink(ngx_http_civchat_zone_t *zone,
 }
 
 
+/*
+ * Another key of a profile: the session of another browser, or one
+ * kept retired.  The oldest go when a profile has too many.
+ */
+
 ngx_int_t
-ngx_http_civchat_store_add_alias(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *p, ngx_str_t *key)
+ngx_http_civchat_store_add_key(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_str_t *key, u_char flags)
 {
+    ngx_http_civchat_alias_t  *a;
+
     if (key->len == 0 || key->len > NGX_HTTP_CIVCHAT_KEY_MAX) {
         return NGX_ERROR;
     }
 
-    return ngx_http_civchat_alias_new(zone, p, key->data, key->len);
+    a = ngx_http_civchat_alias_new(zone, p, key->data, key->len, flags);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_civchat_keys_cap(zone, p);
+
+    return NGX_OK;
 }
 
 
-static ngx_int_t
+static ngx_http_civchat_alias_t *
 ngx_http_civchat_alias_new(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *p, u_char *data, size_t len)
+    ngx_http_civchat_profile_t *p, u_char *data, size_t len, u_char flags)
 {
     ngx_http_civchat_alias_t  *a;
 
     a = ngx_http_civchat_alloc(zone,
                        offsetof(ngx_http_civchat_alias_t, data) + len);
     if (a == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
+    ngx_memzero(a, offsetof(ngx_http_civchat_alias_t, data));
     ngx_memcpy(a->data, data, len);
 
     a->index.kind = NGX_HTTP_CIVCHAT_BY_KEY;
     a->index.alias = 1;
+    a->index.flags = flags;
     a->profile = p;
     a->index.data = a->data;
     a->index.len = (u_char) len;
     ngx_http_civchat_index_insert(zone, &a->index);
 
+    if (flags & NGX_HTTP_CIVCHAT_KEY_RETIRED) {
+        ngx_http_civchat_retire_stamp(&a->index);
+    }
+
     ngx_queue_insert_tail(&p->aliases, &a->queue);
     zone->sh->changes++;
 
-    return NGX_OK;
+    return a;
+}
+
+
+static void
+ngx_http_civchat_alias_free(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_alias_t *a)
+{
+    ngx_queue_remove(&a->queue);
+    ngx_rbtree_delete(&zone->sh->rbtree, &a->index.node);
+    ngx_http_civchat_free(zone, a);
+    zone->sh->changes++;
 }
 
 
 /*
- * An anonymous profile merged into another: its key and aliases become
- * aliases of the survivor, which also inherits its counters.  The caller
- * has already carried the attributes over.
+ * At most NGX_HTTP_CIVCHAT_SESSIONS_MAX live keys (unproved sessions go
+ * first, then the oldest) and NGX_HTTP_CIVCHAT_RETIRED_MAX retired ones
+ * besides the profile's own key.
+ */
+
+static void
+ngx_http_civchat_keys_cap(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p)
+{
+    ngx_uint_t                 live, retired;
+    ngx_queue_t               *q;
+    ngx_http_civchat_alias_t  *a, *oldest, *unproved, *old_retired;
+
+    for ( ;; ) {
+        live = (p->key.flags & NGX_HTTP_CIVCHAT_KEY_RETIRED) ? 0 : 1;
+        retired = 0;
+        oldest = NULL;
+        unproved = NULL;
+        old_retired = NULL;
+
+        for (q = ngx_queue_head(&p->aliases);
+             q != ngx_queue_sentinel(&p->aliases);
+             q = ngx_queue_next(q))
+        {
+            a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
+
+            if (a->index.flags & NGX_HTTP_CIVCHAT_KEY_RETIRED) {
+                retired++;
+
+                if (old_retired == NULL) {
+                    old_retired = a;
+                }
+
+                continue;
+            }
+
+            live++;
+
+            if (oldest == NULL) {
+                oldest = a;
+            }
+
+            if (unproved == NULL
+                && (a->index.flags & NGX_HTTP_CIVCHAT_KEY_UNPROVED))
+            {
+                unproved = a;
+            }
+        }
+
+        if (retired > NGX_HTTP_CIVCHAT_RETIRED_MAX) {
+            ngx_http_civchat_alias_free(zone, old_retired);
+            continue;
+        }
+
+        if (live > NGX_HTTP_CIVCHAT_SESSIONS_MAX && oldest != NULL) {
+            ngx_http_civchat_alias_free(zone, unproved ? unproved : oldest);
+            continue;
+        }
+
+        return;
+    }
+}
+
+
+/* a key that never resolves again; when, to the minute (zone.c's grace) */
+
+void
+ngx_http_civchat_store_retire(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_http_civchat_index_t *ix)
+{
+    if (ix->flags & NGX_HTTP_CIVCHAT_KEY_RETIRED) {
+        return;
+    }
+
+    ix->flags |= NGX_HTTP_CIVCHAT_KEY_RETIRED;
+    ngx_http_civchat_retire_stamp(ix);
+
+    zone->sh->changes++;
+
+    ngx_http_civchat_keys_cap(zone, p);
+}
+
+
+static void
+ngx_http_civchat_retire_stamp(ngx_http_civchat_index_t *ix)
+{
+    ix->retired = (uint16_t) (ngx_time() / 60);
+}
+
+
+/* every live key of a profile retired but "keep" */
+
+void
+ngx_http_civchat_store_revoke(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_http_civchat_index_t *keep)
+{
+    ngx_queue_t               *q, *next;
+    ngx_http_civchat_alias_t  *a;
+
+    if (&p->key != keep) {
+        ngx_http_civchat_store_retire(zone, p, &p->key);
+    }
+
+    for (q = ngx_queue_head(&p->aliases);
+         q != ngx_queue_sentinel(&p->aliases);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
+
+        if (&a->index == keep
+            || (a->index.flags & NGX_HTTP_CIVCHAT_KEY_RETIRED))
+        {
+            continue;
+        }
+
+        /* retired sessions past the cap are freed at once */
+        a->index.flags |= NGX_HTTP_CIVCHAT_KEY_RETIRED;
+        ngx_http_civchat_retire_stamp(&a->index);
+    }
+
+    zone->sh->changes++;
+
+    ngx_http_civchat_keys_cap(zone, p);
+}
+
+
+/*
+ * An anonymous profile merged into another: its keys are kept retired
+ * by the survivor (a merged key never resolves again, and nobody may
+ * adopt it), which also inherits its counters.  The caller has already
+ * carried the attributes over.
  */
 
 void
 ngx_http_civchat_store_merge(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *from, ngx_http_civchat_profile_t *into)
 {
+    u_char                     buf[NGX_HTTP_CIVCHAT_KEY_MAX];
+    ngx_str_t                  key;
     ngx_queue_t               *q;
     ngx_http_civchat_alias_t  *a;
 
-    if (ngx_http_civchat_alias_new(zone, into, from->key.data, from->key.len)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "civchat zone \"%V\" cannot keep the merged key "
-                      "\"%*s\" as an alias", &zone->name,
-                      (size_t) from->key.len, from->key.data);
-    }
+    key.len = from->key.len;
+    key.data = ngx_cpymem(buf, from->key.data, key.len) - key.len;
 
     while (!ngx_queue_empty(&from->aliases)) {
         q = ngx_queue_head(&from->aliases);
-        ngx_queue_remove(q);
-
         a = ngx_queue_data(q, ngx_http_civchat_alias_t, queue);
-        a->profile = into;
-        ngx_queue_insert_tail(&into->aliases, q);
+        ngx_http_civchat_alias_free(zone, a);
     }
 
     into->page_views += from->page_views;
@@ -754,7 +780,18 @@ ngx_http_civchat_store_merge(ngx_http_civchat_zone_t *zone,
         into->last_seen = from->last_seen;
     }
 
+    /* the key goes with the profile, then comes back as a retired one */
+
     ngx_http_civchat_store_delete(zone, from);
+
+    if (ngx_http_civchat_store_add_key(zone, into, &key,
+                                       NGX_HTTP_CIVCHAT_KEY_RETIRED)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "civchat zone \"%V\" cannot keep the merged key "
+                      "\"%V\" as a retired key", &zone->name, &key);
+    }
 }
 
 
@@ -803,6 +840,13 @@ ngx_http_civchat_store_touch(ngx_http_civchat_zone_t *zone,
     ngx_queue_insert_head(&zone->sh->lru, &p->lru);
 
     ngx_http_civchat_store_pin(zone, p);
+}
+
+
+void
+ngx_http_civchat_store_unpin(ngx_http_civchat_zone_t *zone)
+{
+    zone->npinned = 0;
 }
 
 

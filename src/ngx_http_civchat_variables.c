@@ -15,7 +15,10 @@
  * $civchat_user_key, $civchat_user_id, $civchat_country, $civchat_city.
  * In a civchat request they show what the request resolved; in any
  * other request (a page proxied to the application, an access log line)
- * they come from the visitor cookie, the profile zone and GeoIP.
+ * they come from the visitor cookie, the profile zone and GeoIP.  An
+ * application may trust $civchat_user_id: it is set only for a browser
+ * that proved its profile, and with civchat_identity_secret only when
+ * the user_id itself was proved (README "Identity").
  */
 
 
@@ -76,8 +79,10 @@ static ngx_int_t
 ngx_http_civchat_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    ngx_str_t               *s;
+    ngx_str_t               *s, none;
     ngx_http_civchat_ctx_t  *ctx;
+
+    ngx_str_null(&none);
 
     ctx = ngx_http_civchat_variable_ctx(r);
     if (ctx == NULL) {
@@ -94,6 +99,14 @@ ngx_http_civchat_variable(ngx_http_request_t *r,
     case NGX_HTTP_CIVCHAT_VAR_USER_ID:
         ngx_http_civchat_variable_user(r, ctx);
         s = &ctx->user.user_id;
+
+        if (!ctx->user.proved
+            || (ctx->lcf->identity != NULL && !ctx->user.user_id_verified))
+        {
+            /* a claim: nothing an application should act on */
+            s = &none;
+        }
+
         break;
 
     case NGX_HTTP_CIVCHAT_VAR_COUNTRY:
@@ -144,15 +157,14 @@ ngx_http_civchat_variable_ctx(ngx_http_request_t *r)
 }
 
 
-/* outside a civchat request: the cookie's profile, read under the lock */
+/* outside a civchat request: the cookie's profile, as the zone has it */
 
 static void
 ngx_http_civchat_variable_user(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx)
 {
-    u_char                      *p;
-    ngx_http_civchat_zone_t     *zone;
-    ngx_http_civchat_profile_t  *pr;
+    ngx_str_t                 key, link_key;
+    ngx_http_civchat_zone_t  *zone;
 
     if (ctx->resolved || ctx->endpoint) {
         return;
@@ -160,41 +172,20 @@ ngx_http_civchat_variable_user(ngx_http_request_t *r,
 
     ctx->resolved = 1;
 
-    ngx_http_civchat_read_key(r, ctx);
+    ngx_http_civchat_read_key(r, ctx, &key, &link_key);
 
-    if (ctx->key.len == 0) {
+    if (key.len == 0) {
         return;
     }
 
-    ctx->user.key = ctx->key;
+    ctx->user.key = key;
 
     zone = ngx_http_civchat_variable_zone(r, ctx->lcf);
     if (zone == NULL) {
         return;
     }
 
-    ngx_http_civchat_store_lock(zone);
-
-    pr = ngx_http_civchat_store_find(zone, NGX_HTTP_CIVCHAT_BY_KEY,
-                                     &ctx->key);
-
-    if (pr != NULL) {
-        p = ngx_pnalloc(r->pool, pr->key.len + pr->user_id.len);
-        if (p != NULL) {
-            /* an alias shows the profile's own key */
-            ctx->user.key.data = p;
-            ctx->user.key.len = pr->key.len;
-            p = ngx_cpymem(p, pr->key.data, pr->key.len);
-
-            if (pr->user_id.len) {
-                ctx->user.user_id.data = p;
-                ctx->user.user_id.len = pr->user_id.len;
-                ngx_memcpy(p, pr->user_id.data, pr->user_id.len);
-            }
-        }
-    }
-
-    ngx_http_civchat_store_unlock(zone);
+    (void) ngx_http_civchat_zone_lookup(zone, &key, r->pool, &ctx->user);
 }
 
 
