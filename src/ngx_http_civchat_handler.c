@@ -410,9 +410,22 @@ ngx_http_civchat_process_parsed(ngx_http_request_t *r,
         return rc;
     }
 
-    if (ngx_http_civchat_plan(r, ctx, &plan) != NGX_OK
-        || ngx_http_civchat_resolve(r, ctx, &plan, NULL) != NGX_OK)
-    {
+    rc = ngx_http_civchat_plan(r, ctx, &plan);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_civchat_resolve(r, ctx, &plan, NULL);
+    }
+
+    if (rc == NGX_BUSY) {
+        /* another tab was given the new key a moment ago */
+        json_decref(attrs);
+        return ngx_http_civchat_error(r, NGX_HTTP_CONFLICT, "key_replaced",
+                                      "%s", "this visitor key was just "
+                                      "replaced; send the request again "
+                                      "with the new one");
+    }
+
+    if (rc != NGX_OK) {
         json_decref(attrs);
         return ngx_http_civchat_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
                                       "internal_error", "%s",

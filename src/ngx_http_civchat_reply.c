@@ -20,6 +20,7 @@
  */
 
 
+static ngx_int_t ngx_http_civchat_same(ngx_str_t *a, ngx_str_t *b);
 static u_char *ngx_http_civchat_json_string(u_char *p, ngx_str_t *s);
 static size_t ngx_http_civchat_json_string_len(ngx_str_t *s);
 static u_char *ngx_http_civchat_json_raw(u_char *p, ngx_str_t *s);
@@ -350,10 +351,29 @@ ngx_http_civchat_answer_size(ngx_http_civchat_ctx_t *ctx, ngx_str_t *state)
 static u_char *
 ngx_http_civchat_answer_user(u_char *p, ngx_http_civchat_user_t *u)
 {
+    ngx_str_t  *user_id, *email, none;
+
+    ngx_str_null(&none);
+
+    user_id = &u->user_id;
+    email = &u->email;
+
+    if (!u->proved) {
+        /* what the request itself sent and the profile holds, no more */
+
+        if (!ngx_http_civchat_same(&u->sent_user_id, user_id)) {
+            user_id = &none;
+        }
+
+        if (!ngx_http_civchat_same(&u->sent_email, email)) {
+            email = &none;
+        }
+    }
+
     p = ngx_sprintf(p, "\"user\":{\"key\":\"%V\",\"user_id\":", &u->key);
-    p = ngx_http_civchat_json_string(p, &u->user_id);
+    p = ngx_http_civchat_json_string(p, user_id);
     p = ngx_cpymem(p, ",\"email\":", sizeof(",\"email\":") - 1);
-    p = ngx_http_civchat_json_string(p, &u->email);
+    p = ngx_http_civchat_json_string(p, email);
     p = ngx_cpymem(p, ",\"name\":", sizeof(",\"name\":") - 1);
     p = ngx_http_civchat_json_raw(p, &u->name);
 
@@ -446,6 +466,13 @@ ngx_http_civchat_answer_unprofiled(ngx_http_request_t *r,
     len = ngx_cpymem(buf + len, "}\n", 2) - buf;
 
     return ngx_http_civchat_send_json(r, NGX_HTTP_OK, buf, len);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_same(ngx_str_t *a, ngx_str_t *b)
+{
+    return a->len == b->len && ngx_memcmp(a->data, b->data, a->len) == 0;
 }
 
 

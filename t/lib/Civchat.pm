@@ -14,6 +14,7 @@ use strict;
 
 use B ();
 use Cwd qw/abs_path/;
+use Digest::SHA ();
 use Exporter qw/import/;
 use File::Basename qw/dirname/;
 use File::Temp qw/tempdir/;
@@ -26,6 +27,7 @@ use Test::More ();
 use Time::HiRes qw/sleep time/;
 
 our @EXPORT_OK = qw/json_encode json_decode is_key uniq_id deep_subset
+	user_hash
 	ignored_reason events_of is_num is_str num str slow/;
 
 $SIG{PIPE} = 'IGNORE';
@@ -599,6 +601,26 @@ sub json_decode {
 	utf8::encode($text) if utf8::is_utf8($text);
 	my $v = eval { $JSON->decode($text) };
 	return $v;
+}
+
+# the user_hash a site's backend computes: HMAC-SHA256 (hex) of the
+# user_id, or of the email (trimmed, lower case) where the email
+# identifies
+sub user_hash {
+	my ($secret, $id) = @_;
+	$id = "$id";
+	$id =~ s/^\s+|\s+$//g;
+	$id = lc $id if $id =~ /\@/;
+	return Digest::SHA::hmac_sha256_hex($id, $secret);
+}
+
+# the profile a client's last request resolved to: its events carry
+# the profile's own key, the same on all of the profile's browsers
+sub Civchat::Client::profile {
+	my ($self, %o) = @_;
+	my ($ev) = grep { $_->{type} eq 'page_view' } $self->events(%o);
+	($ev) = $self->events(%o) unless $ev;
+	return $ev ? $ev->{user_key} : undef;
 }
 
 sub is_key {
@@ -1189,6 +1211,7 @@ sub new {
 		port => $o{port},
 		ssl => $o{ssl},
 		cookie_name => $o{cookie_name} // '__ca__chat',
+		secret => $o{secret},
 		last_url => undef,
 	}, $class;
 }
@@ -1229,6 +1252,13 @@ sub post {
 
 	unless (exists $data->{url} || $o{no_url}) {
 		$data->{url} = 'http://site.test/' . Civchat::uniq_id('page');
+	}
+
+	# a site with civchat_identity_secret: its pages sign the identity
+	if (defined $self->{secret} && !exists $data->{user_hash}) {
+		my $id = $data->{user_id} // $data->{email};
+		$data->{user_hash} = Civchat::user_hash($self->{secret}, $id)
+			if defined $id && !ref $id && length $id;
 	}
 
 	$self->{last_url} = $data->{url};
