@@ -39,6 +39,7 @@ static ngx_int_t ngx_http_civchat_text_changed(ngx_pool_t *pool,
     ngx_str_t *old, ngx_str_t *value);
 static u_char *ngx_http_civchat_text_member(u_char *p, u_char *first,
     ngx_str_t *quoted, ngx_str_t *value);
+static ngx_uint_t ngx_http_civchat_text_auto(ngx_str_t *quoted);
 static ngx_str_t *ngx_http_civchat_text_auto_value(
     ngx_http_civchat_plan_t *plan, ngx_uint_t i);
 
@@ -108,6 +109,13 @@ ngx_http_civchat_text_merge(ngx_str_t *old, ngx_http_civchat_plan_t *plan,
 
     while (ngx_http_civchat_text_next(&pos, last, &name, &value) == NGX_OK) {
 
+        /* an automatic value is never added to a name the text has */
+        a = ngx_http_civchat_text_auto(&name);
+
+        if (a < NGX_HTTP_CIVCHAT_AUTOS) {
+            done[n + a] = 1;
+        }
+
         for (i = 0; i < n; i++) {
             if (!done[i] && c[i].quoted.len == name.len
                 && ngx_memcmp(c[i].quoted.data, name.data, name.len) == 0)
@@ -143,18 +151,8 @@ ngx_http_civchat_text_merge(ngx_str_t *old, ngx_http_civchat_plan_t *plan,
             continue;
         }
 
-        for (a = 0; a < NGX_HTTP_CIVCHAT_AUTOS; a++) {
-            if (ngx_http_civchat_autos[a].quoted.len == name.len
-                && ngx_memcmp(ngx_http_civchat_autos[a].quoted.data,
-                              name.data, name.len) == 0)
-            {
-                break;
-            }
-        }
-
         if (a < NGX_HTTP_CIVCHAT_AUTOS) {
             v = ngx_http_civchat_text_auto_value(plan, a);
-            done[n + a] = 1;
 
             if (v->len && !ngx_http_civchat_autos[a].fill
                 && (value.len != v->len + 2
@@ -176,6 +174,13 @@ ngx_http_civchat_text_merge(ngx_str_t *old, ngx_http_civchat_plan_t *plan,
     for (i = 0; i < n; i++) {
         if (done[i] || c[i].value.len == 0) {
             continue;
+        }
+
+        /* the site's own value of a geo attribute wins over GeoIP's */
+        a = ngx_http_civchat_text_auto(&c[i].quoted);
+
+        if (a < NGX_HTTP_CIVCHAT_AUTOS) {
+            done[n + a] = 1;
         }
 
         *changed = 1;
@@ -209,6 +214,26 @@ ngx_http_civchat_text_merge(ngx_str_t *old, ngx_http_civchat_plan_t *plan,
     out->len = p - out->data;
 
     return NGX_OK;
+}
+
+
+/* which automatic value a name (as JSON) is, or NGX_HTTP_CIVCHAT_AUTOS */
+
+static ngx_uint_t
+ngx_http_civchat_text_auto(ngx_str_t *quoted)
+{
+    ngx_uint_t  a;
+
+    for (a = 0; a < NGX_HTTP_CIVCHAT_AUTOS; a++) {
+        if (ngx_http_civchat_autos[a].quoted.len == quoted->len
+            && ngx_memcmp(ngx_http_civchat_autos[a].quoted.data,
+                          quoted->data, quoted->len) == 0)
+        {
+            break;
+        }
+    }
+
+    return a;
 }
 
 

@@ -295,8 +295,11 @@ ok(!@d, 'GET by key: the profile') or do { diag(join("\n", @d)); show($ra) };
 is_deeply([ sort keys %{$ra->json} ], [ 'created', 'user' ],
 	'GET by key: user and created only');
 is_deeply([ sort keys %{$ra->user} ], [ sort qw/key user_id email aliases
-	first_seen last_seen page_views sessions attributes/ ],
+	verified first_seen last_seen page_views sessions attributes/ ],
 	'GET by key: the profile\'s fields');
+is_deeply($ra->user->{verified},
+	{ user_id => JSON::PP::false, email => JSON::PP::false },
+	'GET by key: a browser\'s user_id and email are claims');
 
 $r = api(GET => "users/user_id/$ua");
 is($r->status, 200, 'GET by user_id: 200');
@@ -577,8 +580,11 @@ is(api(GET => "users/user_id/$uc")->user->{key}, $kc,
 	'PUT: found by the new user_id');
 is(api(GET => "users/email/$ec")->user->{key}, $kc,
 	'PUT: found by the new email');
-$r = $t->client()->init({ user_id => $uc });
-is($r->key, $kc, 'widget: the user_id set by the API identifies C');
+is(api(GET => "users/user_id/$uc")->user->{verified}{user_id},
+	JSON::PP::true, 'PUT: the API\'s user_id is verified');
+my $cw = $t->client();
+$r = $cw->init({ user_id => $uc });
+is($cw->profile, $kc, 'widget: the user_id set by the API identifies C');
 
 # conflicts: B's user_id and email on C
 $r = api(PUT => "users/key/$kc", { user_id => $ub, email => $eb,
@@ -767,8 +773,9 @@ $r = api(POST => 'users', qq({"user_id": $num.0, "plan": "numeric3"}));
 is($r->status, 200, 'user_id $num.0 (a serializer\'s integer): 200')
 	or show($r);
 is($r->user->{key}, $kn, 'user_id as n.0: the same profile');
-$r = $t->client()->init({ user_id => $num + 0 });
-is($r->key, $kn, 'widget with the numeric user_id: the same profile');
+$cw = $t->client();
+$r = $cw->init({ user_id => $num + 0 });
+is($cw->profile, $kn, 'widget with the numeric user_id: the same profile');
 $r = api(POST => 'users', qq({"user_id": -42, "plan": "neg"}));
 is($r->status, 201, 'a negative numeric user_id: 201');
 is($r->user->{user_id}, '-42', 'a negative numeric user_id: "-42"');
@@ -825,12 +832,14 @@ my $cz = $t->client();
 $cz->init({ plan => 'alias' });
 my $kz = $cz->key();
 $r = $cz->init({ email => $eb });
-is($r->key, $kb, 'widget: the anonymous visitor merged into B');
+is($cz->profile, $kb, 'widget: the anonymous visitor merged into B');
+isnt($cz->key, $kz, 'widget: with a new key');
 $r = api(GET => "users/key/$kb");
-is_deeply($r->user->{aliases}, [ $kz ], 'GET: B\'s aliases');
+is_deeply($r->user->{aliases}, [ $cz->key ],
+	'GET: B\'s aliases: the sessions of its other browsers');
 $r = api(GET => "users/key/$kz");
-is($r->status, 200, 'GET by an alias: 200');
-is($r->user->{key}, $kb, 'GET by an alias: B');
+is($r->status, 200, 'GET by the merged (retired) key: 200');
+is($r->user->{key}, $kb, 'GET by the merged key: B');
 
 mark();
 $r = api(DELETE => "users/user_id/$ub");

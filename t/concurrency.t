@@ -91,9 +91,12 @@ for my $i (1 .. $clients) {
 
 		# all at once: the same new user_id
 		sleep($start - time()) if $start > time();
-		my $rr = $t->client()->init({ user_id => $race });
+		my $rc = $t->client();
+		my $rr = $rc->init({ user_id => $race });
 		$bad++ unless $rr->status == 200;
-		my $race_key = $rr->key // '';
+
+		# each browser has a key of its own: the profile is the events'
+		my $race_key = $rc->profile // '';
 
 		my $own = $t->client();
 		$rr = $own->init({ name => "client $i" });
@@ -224,8 +227,9 @@ is($c->init({})->user->{page_views}, $clients + 1,
 
 my $em = lc(uniq_id('race')) . '@example.org';
 @got = together('email', sub {
-	my $rr = $t->client(base => '/ua/')->init({ email => $em });
-	return $rr->status . ' ' . ($rr->key // '');
+	my $ce = $t->client(base => '/ua/');
+	my $rr = $ce->init({ email => $em });
+	return $rr->status . ' ' . ($ce->profile // '');
 });
 my %keys = map { $_ => 1 } @got;
 is(scalar(keys %keys), 1, 'one email from all clients at once: one profile')

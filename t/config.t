@@ -32,6 +32,8 @@ sub conf {
 
 	my $http = $o{http} // "civchat_zone  users  1m;";
 	my $server = $o{server} // '';
+	my $secret = exists $o{secret} ? $o{secret}
+		: 'civchat_identity_secret  config-test-secret-0123456789;';
 	my $loc = $o{location} // "civchat zone=users;\n"
 		. "            civchat_api_key TESTKEY;";
 
@@ -50,6 +52,7 @@ http {
         listen       127.0.0.1:%%PORT_0%%;
         server_name  localhost;
 
+        $secret
         $server
 
         location /civchat/ {
@@ -95,7 +98,14 @@ civchat zone=users;
             civchat_anonymize_ip on;
             civchat_respect_gpc off;
             civchat_bot_filter off;
+            civchat_stream_limit per_key=2 per_address=500;
+            civchat_stream_timeout 2m;
 EOF
+	[ 'the identity secret from a file', conf(secret => '',
+		location => "$base\n            "
+			. 'civchat_identity_secret file=%%TESTDIR%%/secret;') ],
+	[ 'stream limits off', conf(location => "$base\n            "
+		. 'civchat_stream_limit per_key=0 per_address=0;') ],
 	[ 'state file and interval', conf(http => 'civchat_zone users 1m '
 		. 'state=%%TESTDIR%%/s.state state_interval=30s;') ],
 	[ 'the minimum zone size', conf(http => 'civchat_zone users 64k;') ],
@@ -117,6 +127,9 @@ EOF
 	[ 'a zone nobody uses', conf(http => "civchat_zone users 1m;\n"
 		. "    civchat_zone spare 1m;") ],
 );
+
+$t->write_file('secret', "a-secret-in-a-file-0123456789\n");
+$t->write_file('short', "short\n");
 
 for my $g (@good) {
 	my ($name, $text) = @$g;
@@ -216,6 +229,28 @@ my @bad = (
 		'no line' ],
 	[ 'anonymize not on/off', conf(location =>
 		"$base\n            civchat_anonymize_ip half;"), qr/half/ ],
+	[ 'identity secret too short', conf(secret => '', location =>
+		"$base\n            civchat_identity_secret tooshort;"),
+		qr/civchat_identity_secret.*16/ ],
+	[ 'identity secret file too short', conf(secret => '', location =>
+		"$base\n            civchat_identity_secret "
+		. 'file=%%TESTDIR%%/short;'), qr/civchat_identity_secret.*16/ ],
+	[ 'identity secret file missing', conf(secret => '', location =>
+		"$base\n            civchat_identity_secret "
+		. 'file=%%TESTDIR%%/nope;'), qr{/nope} ],
+	[ 'identity secret twice', conf(location =>
+		"$base\n            civchat_identity_secret "
+		. "another-secret-0123456789;\n            civchat_identity_secret "
+		. 'another-secret-0123456789;'), qr/duplicate/ ],
+	[ 'stream limit bad', conf(location =>
+		"$base\n            civchat_stream_limit per_key=many;"),
+		qr/per_key=many/ ],
+	[ 'stream limit unknown', conf(location =>
+		"$base\n            civchat_stream_limit per_tab=1;"),
+		qr/per_tab=1/ ],
+	[ 'stream timeout bad', conf(location =>
+		"$base\n            civchat_stream_timeout soon;"),
+		qr/soon|"civchat_stream_timeout" directive invalid/ ],
 );
 
 $t->write_file('corrupt.mmdb', 'this is not a MaxMind database' x 100);
@@ -229,6 +264,23 @@ for my $b (@bad) {
 		or diag($out);
 	like($emerg // '', qr/bad\.conf:\d+/, "bad: $name: with the line")
 		or diag($out) unless $noline;
+}
+
+###############################################################################
+
+# without a secret, the User.com-compatible mode: nginx -t says so once,
+# however many locations
+
+{
+	my ($rc, $out) = $t->test_config(conf(secret => '', location => "$base\n"
+		. "        }\n        location /second/ {\n"
+		. "            civchat zone=users;\n"
+		. "            civchat_api_key TESTKEY;"), 'compat.conf');
+	is($rc, 0, 'no secret: nginx -t passes');
+	my @warn = grep { /\[warn\]/ } split /\n/, $out;
+	is(scalar @warn, 1, 'no secret: one warning') or diag($out);
+	like($warn[0] // '', qr/2 location.*civchat_identity_secret.*without proof/,
+		'no secret: it says what that means');
 }
 
 ###############################################################################

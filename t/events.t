@@ -283,10 +283,11 @@ my $owner = $t->client();
 my $ko = $owner->init({ user_id => $u3 })->key;
 
 $c = $t->client();
-$c->init({});
+my $kc = $c->init({})->key;
 $r = $c->page_hit({ user_id => $u3,
 	event => { event_name => 'after_login' } });
-is($r->key, $ko, 'piggy-back with a switch: switched');
+is($r->user->{user_id}, $u3, 'piggy-back with a switch: switched');
+isnt($r->key, $kc, 'piggy-back with a switch: a new key');
 ($pb) = grep { $_->{type} eq 'event' } $c->events(count => 3);
 is($pb->{user_key}, $ko, 'piggy-backed event: on the resolved user');
 

@@ -6,9 +6,11 @@
 # $civchat_country and $civchat_city: through add_header and an access
 # log line in the civchat location (what the request resolved, the first
 # visit included), and in other locations (read from the visitor cookie,
-# the profile zone and GeoIP; an alias key shows the profile's own key):
-# add_header, an access log line, and proxy_set_header to a backend that
-# echoes the header back.
+# the profile zone and GeoIP): add_header, an access log line, and
+# proxy_set_header to a backend that echoes the header back.  The
+# user_id is only shown to a browser that proved its profile: a switch
+# by a bare user_id (no civchat_identity_secret) or a merged key shows
+# none.
 
 ###############################################################################
 
@@ -217,10 +219,15 @@ subtest 'civchat location, a switch: the resolved profile' => sub {
 	isnt($kb, $kx, 'another profile first');
 
 	my $r = $c->init({ user_id => $uid });
-	is($r->key, $kx, 'switched');
+	is($r->user->{user_id}, $uid, 'switched');
+	isnt($r->key, $kx, 'switched: a key of its own');
 	is_deeply(parse_vars($r->header('X-Civchat')),
+		vars(k => $r->key, u => '', c => 'GB', city => 'London'),
+		'add_header: the new key, and no user_id the request did not '
+		. 'prove');
+	is_deeply(parse_vars($x->page_hit({})->header('X-Civchat')),
 		vars(k => $kx, u => $uid, c => 'GB', city => 'London'),
-		'add_header: the profile switched to, not the cookie\'s');
+		'add_header: X\'s own browser has its user_id');
 
 	$r = $c->reset_auth({});
 	ok(is_key($r->key) && $r->key ne $kx, 'reset_auth: a new key');
@@ -302,7 +309,7 @@ subtest 'another location: no cookie, a malformed cookie' => sub {
 		vars(c => 'GB', city => 'London'), 'a malformed key: no key');
 };
 
-subtest 'another location: an alias key shows the canonical key' => sub {
+subtest 'another location: a merged key, an unproved session' => sub {
 	my $email = lc(uniq_id('e')) . '@example.org';
 
 	my $x = $t->client(base => '/ua/',
@@ -317,28 +324,41 @@ subtest 'another location: an alias key shows the canonical key' => sub {
 	ok(is_key($kb) && $kb ne $kx, 'an anonymous B');
 
 	my $r = $b->init({ email => $email });
-	is($r->key, $kx, 'B identifies as X: merged');
 	my @ev = $b->events(count => 2);
-	ok((grep { $_->{type} eq 'user_merged' } @ev), 'user_merged')
+	ok((grep { $_->{type} eq 'user_merged' } @ev), 'B identifies as X: merged')
 		or diag(json_encode(\@ev));
+	my $fb = $b->key;
+	isnt($fb, $kb, 'B has a new key');
+
+	# the merged key is retired: it names nobody
 
 	$r = page(cookie => $kb, xff => '81.2.69.182');
 	is_deeply(parse_vars($r->header('X-U')),
-		vars(k => $kx, u => $xuid, c => 'GB', city => 'London'),
-		'the alias shows X\'s key and user_id') or diag($r->describe);
+		vars(k => $kb, c => 'GB', city => 'London'),
+		'the merged key shows no user_id') or diag($r->describe);
 
 	$r = $t->request(method => 'GET', path => '/app/x',
 		headers => [Cookie => "__ca__chat=$kb"]);
-	is(parse_vars($r->body)->{k}, $kx, 'proxied: X\'s key');
+	is(parse_vars($r->body)->{u}, '', 'proxied: no user_id');
 
-	# in the civchat location, the alias resolves to X as well
+	# B's new key is X's, but B only knew X's email: unproved
+
+	$r = page(cookie => $fb, xff => '81.2.69.182');
+	is_deeply(parse_vars($r->header('X-U')),
+		vars(k => $fb, c => 'GB', city => 'London'),
+		'an unproved session shows no user_id') or diag($r->describe);
+
+	$r = page(cookie => $kx, xff => '81.2.69.182');
+	is(parse_vars($r->header('X-U'))->{u}, $xuid,
+		'X\'s own browser shows its user_id');
+
+	# in the civchat location, the merged key is refused
+
 	my $a = $t->client(base => '/ua/',
 		headers => ['X-Forwarded-For' => '81.2.69.183']);
 	$a->set_cookie('__ca__chat', $kb);
 	$r = $a->page_hit({});
-	is($r->key, $kx, 'civchat location: the alias resolves to X');
-	is(parse_vars($r->header('X-Civchat'))->{k}, $kx,
-		'civchat location: X\'s key in the variable');
+	is($r->status, 409, 'civchat location: the merged key is refused');
 };
 
 subtest 'proxy_set_header to the application' => sub {
@@ -365,10 +385,15 @@ subtest 'proxy_set_header to the application' => sub {
 	is_deeply(parse_vars($r->body), vars(k => $k2),
 		'an anonymous profile: no user_id');
 	$u->update({ user_id => $uid2 });
+	my $k3 = $u->key;
+	isnt($k3, $k2, 'the update gave the browser a new key');
+	$r = $t->request(method => 'GET', path => '/app/z',
+		headers => [Cookie => "__ca__chat=$k3"]);
+	is_deeply(parse_vars($r->body), vars(k => $k3, u => $uid2),
+		'after update: the new user_id');
 	$r = $t->request(method => 'GET', path => '/app/z',
 		headers => [Cookie => "__ca__chat=$k2"]);
-	is_deeply(parse_vars($r->body), vars(k => $k2, u => $uid2),
-		'after update: the new user_id');
+	is(parse_vars($r->body)->{u}, '', 'the key before: no user_id');
 };
 
 $t->done_testing();

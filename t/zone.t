@@ -83,17 +83,28 @@ $t->config($c1)->run();
 
 my $d = $t->testdir;
 
+# the profile a user_id or a key names (the events carry the profile's
+# own key; a browser naming a user_id gets a key of its own): the answer
+# and the profile, in list context
+
 sub by_user_id {
 	my ($u, $base) = @_;
-	return $t->client(base => $base // '/civchat/')
-		->init({ user_id => $u });
+	my $c = $t->client(base => $base // '/civchat/');
+	my $r = $c->init({ user_id => $u });
+	return wantarray ? ($r, $r->status == 200 ? $c->profile : undef) : $r;
+}
+
+sub profile_of_user_id {
+	my (undef, $p) = by_user_id(@_);
+	return $p;
 }
 
 sub by_key {
 	my ($k, $base) = @_;
 	my $c = $t->client(base => $base // '/civchat/');
 	$c->set_cookie('__ca__chat', $k);
-	return $c->init({});
+	my $r = $c->init({});
+	return wantarray ? ($r, $r->status == 200 ? $c->profile : undef) : $r;
 }
 
 ###############################################################################
@@ -110,34 +121,41 @@ my $cb = $t->client();
 my $kb = $cb->init({ plan => 'gold' })->key;
 $cb->page_hit({});
 
+my $pa = $ca->profile;
+is($pa, $ka, 'A: its own key names it');
+
 my $cc = $t->client();
 my $kc = $cc->init({})->key;
-is($cc->init({ email => $ea })->key, $ka, 'C merged into A');
+$cc->init({ email => $ea });
+is($cc->profile, $pa, 'C merged into A');
+my $kc2 = $cc->key;
 
 my $uo = uniq_id('o');
-my $ko = by_user_id($uo, '/other/')->key;
+my $po = profile_of_user_id($uo, '/other/');
 
 # reload: the zones are kept
 
 ok($t->reload(), 'reload');
 
-$r = by_user_id($ua);
-is($r->key, $ka, 'reload: A by user_id');
+is(profile_of_user_id($ua), $pa, 'reload: A by user_id');
+$r = $ca->page_hit({});
+is($r->key, $ka, 'reload: A\'s browser keeps its key');
 is($r->user->{name}, 'Anna', 'reload: A\'s name');
 is($r->user->{email}, $ea, 'reload: A\'s email');
 $r = by_key($kb);
 is($r->key, $kb, 'reload: B by key');
 is($r->user->{page_views}, 3, 'reload: B\'s page views continue');
-is(by_key($kc)->key, $ka, 'reload: C is still an alias of A');
-is(by_user_id($uo, '/other/')->key, $ko, 'reload: a zone without state');
+is(by_key($kc)->status, 409, 'reload: C\'s old key is still retired');
+is((by_key($kc2))[1], $pa, 'reload: C\'s new key names A');
+is(profile_of_user_id($uo, '/other/'), $po, 'reload: a zone without state');
 
 # reload with another size: that zone starts empty
 
 (my $c2 = $conf) =~ s/OTHER_SIZE/2m/;
 ok($t->reload($c2), 'reload with a new size');
-$r = by_user_id($uo, '/other/');
-isnt($r->key, $ko, 'new size: the zone starts empty');
-is(by_user_id($ua)->key, $ka, 'new size: the other zones are kept');
+isnt(profile_of_user_id($uo, '/other/'), $po,
+	'new size: the zone starts empty');
+is(profile_of_user_id($ua), $pa, 'new size: the other zones are kept');
 
 # stop and start: the state file
 
@@ -145,20 +163,25 @@ $t->stop();
 ok(-s "$d/civchat.state", 'stop: the state file is written');
 $t->run();
 
-$r = by_user_id($ua);
-is($r->key, $ka, 'restart: A by user_id');
+is(profile_of_user_id($ua), $pa, 'restart: A by user_id');
+$r = $ca->page_hit({});
+is($r->key, $ka, 'restart: A\'s browser keeps its key');
 is($r->user->{name}, 'Anna', 'restart: A\'s name');
-$r = $t->client()->init({ email => uc $ea });
-is($r->key, $ka, 'restart: A by email');
+my $ce = $t->client();
+$ce->init({ email => uc $ea });
+is($ce->profile, $pa, 'restart: A by email');
 $r = by_key($kb);
 is($r->key, $kb, 'restart: B by key');
 is($r->user->{page_views}, 4, 'restart: B\'s page views continue');
-is(by_key($kc)->key, $ka, 'restart: C is still an alias of A');
+is((by_key($kc2))[1], $pa, 'restart: C\'s new key still names A');
+($r, my $pc) = by_key($kc);
+isnt($r->key, $kc, 'restart: C\'s old key is not adopted again');
+isnt($pc, $pa, 'restart: C\'s old key is not A\'s');
 
 # the periodic save: a killed nginx keeps what was saved
 
 my $uk = uniq_id('k');
-my $kk = by_user_id($uk)->key;
+my $kk = profile_of_user_id($uk);
 
 # state_interval=1s: saved within about a second of the change
 sleep 2.5;
@@ -169,15 +192,15 @@ sleep 0.3;
 $t->{started} = 0;
 $t->run();
 
-$r = by_user_id($uk);
-is($r->key, $kk, 'killed nginx: the periodic save kept the profile');
+is(profile_of_user_id($uk), $kk,
+	'killed nginx: the periodic save kept the profile');
 
 ###############################################################################
 
 # eviction in a tiny zone
 
 my $first = uniq_id('first');
-my $kf = by_user_id($first, '/tiny/')->key;
+my $kf = profile_of_user_id($first, '/tiny/');
 my $keep = uniq_id('keep');
 my $ck = $t->client(base => '/tiny/');
 my $kkeep = $ck->init({ user_id => $keep })->key;
@@ -198,9 +221,9 @@ for my $i (1 .. 400) {
 is(join(',', map { "$_:$status{$_}" } sort keys %status), '200:480',
 	'filling the zone: every answer 200');
 
-$r = by_user_id($first, '/tiny/');
+($r, my $pf) = by_user_id($first, '/tiny/');
 is($r->status, 200, 'after eviction: 200');
-isnt($r->key, $kf, 'the least recently seen profile was evicted');
+isnt($pf, $kf, 'the least recently seen profile was evicted');
 
 $r = $ck->page_hit({});
 is($r->key, $kkeep, 'a recently seen profile was kept');
@@ -217,11 +240,11 @@ is(by_user_id($keep, '/tiny/')->status, 200, 'the zone still works');
 # the zone still works after all that
 
 my $un = uniq_id('new');
-my $kn = by_user_id($un, '/tiny/')->key;
-is(by_user_id($un, '/tiny/')->key, $kn, 'new profiles after eviction');
+my $kn = profile_of_user_id($un, '/tiny/');
+is(profile_of_user_id($un, '/tiny/'), $kn, 'new profiles after eviction');
 
-# a profile with aliases is evicted: its keys and aliases are then
-# unknown well-formed keys, adopted as new profiles
+# a profile with other keys is evicted: its keys (sessions, retired
+# ones) are then unknown well-formed keys, adopted as new profiles
 
 my $ex = lc(uniq_id('x')) . '@example.org';
 my $kx = $t->client(base => '/tinyu/')->init({ email => $ex })->key;
@@ -230,8 +253,10 @@ for (1 .. 5) {
 	my $c = $t->client(base => '/tinyu/');
 	push @aliases, $c->init({})->key;
 	$c->init({ email => $ex });
+	push @aliases, $c->key;
 }
-is(by_key($aliases[0], '/tinyu/')->key, $kx, 'alias before eviction');
+is((by_key($aliases[-1], '/tinyu/'))[1], $kx,
+	'a session before eviction');
 
 %status = ();
 for my $i (1 .. 300) {

@@ -160,7 +160,9 @@
         } catch (e) { /* blocked */ }
     }
 
-    /* A link from a User.com-style e-mail: ?__ca__chat=KEY adopts KEY. */
+    /* A link from a User.com-style e-mail: ?__ca__chat=KEY.  Anyone may
+     * have the link, so the key is only sent as link_key, for the
+     * store to join the click to the e-mail; it is never the visitor's. */
     function linkKey() {
         var m = /[?&]__ca__chat=([A-Za-z0-9]{12,32})(?:[&#]|$)/
                 .exec(location.search);
@@ -236,10 +238,12 @@
     }
 
     function encode(path, body) {
-        var k = path === 'init' && linkKey() || CROSS && readKey();
+        var k = CROSS && readKey(), l = path === 'init' && linkKey();
 
         if (k) {
             body.key = k;
+        } else if (l) {
+            body.link_key = l;  /* noted by the server, never trusted */
         }
         if (path === 'reset_auth') {
             forgetKey();    /* a lost answer must not bring it back */
@@ -252,7 +256,7 @@
         }
     }
 
-    function post(path, body, done) {
+    function post(path, body, done, again) {
         var text = encode(path, body);
 
         if (text === null) {
@@ -260,6 +264,14 @@
             return;
         }
         transmit(BASE + path, text, TYPE, function (status, answerText) {
+            /* another tab was just given a new key: once more, with it */
+            if (status === 409 && !again &&
+                    parse(answerText).error === 'key_replaced') {
+                delete body.key;
+                delete body.link_key;
+                post(path, body, done, true);
+                return;
+            }
             answer(path, status, answerText, done);
         });
     }

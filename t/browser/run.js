@@ -422,9 +422,14 @@ scenario('user_id and email identification', async (T) => {
              'another browser starts anonymous', show(anon));
         await q.eval((u) => UE.pageHit({ user_id: u }), uid);
         const ph = (await q.answer('page_hit')).json;
-        T.is(ph && ph.key, k1, 'UE.pageHit({user_id}) switches to its ' +
-             'profile');
-        T.is((await q.cookie() || {}).value, k1, 'and the cookie follows');
+        T.ok(ph && ph.user.user_id === uid && ph.key !== anon.key &&
+             ph.key !== k1, 'UE.pageHit({user_id}) switches to its ' +
+             'profile, with a key of its own', show(ph));
+        T.ok(ph && ph.user.name === null && ph.user.page_views === null,
+             'unproved (no user_hash): the profile\'s data is not shown',
+             show(ph));
+        T.is((await q.cookie() || {}).value, ph && ph.key,
+             'and the cookie follows');
         T.ok((await events({ type: 'user_identified', user_key: k1 }))
              .length >= 1, 'user_identified in the store');
 
@@ -439,8 +444,9 @@ scenario('user_id and email identification', async (T) => {
 });
 
 scenario('e-mail link key', async (T) => {
-    /* User.com's e-mail links append ?__ca__chat=KEY: a browser without
-     * the cookie adopts KEY, the profile of the recipient */
+    /* User.com's e-mail links append ?__ca__chat=KEY: anyone may have
+     * the link, so the key only rides along as link_key, noted on the
+     * new visitor's user_created event; the browser is not that profile */
     const uid = 'mail-' + T.tag;
     let p = await T.open('/basic.html?s=' + T.tag + '&user_id=' + uid);
     await p.loaded();
@@ -453,10 +459,18 @@ scenario('e-mail link key', async (T) => {
                           '&__ca__chat=' + key);
         await q.loaded();
         const a = (await q.answer('init')).json;
-        T.is(q.calls('init')[0].body.key, key, 'init sends the key');
-        T.ok(a.key === key && a.user.user_id === uid,
-             'the other browser is now that profile', show(a));
-        T.is((await q.cookie() || {}).value, key, 'and has its cookie');
+        const body = q.calls('init')[0].body;
+        T.ok(body.link_key === key && body.key === undefined,
+             'init sends the link\'s key as link_key', show(body));
+        T.ok(a.key !== key && a.user.user_id === null,
+             'the other browser is a new visitor, not that profile',
+             show(a));
+        T.is((await q.cookie() || {}).value, a.key, 'with its own cookie');
+        const created = await events({ type: 'user_created',
+                                       user_key: a.key });
+        T.ok(created.length === 1 &&
+             JSON.parse(created[0].attrs).link_key === key,
+             'user_created notes the link\'s key', show(created));
     } finally {
         await other.close();
     }
@@ -482,6 +496,33 @@ scenario('resetAuth', async (T) => {
     const a = (await p.answer('init')).json;
     T.ok(a.key === r.key && a.user.user_id === null,
          'the old identity is never reused', show(a));
+});
+
+scenario('a key replaced in another tab', async (T) => {
+    /* a request that left with the key another tab just replaced is
+     * answered 409 key_replaced; the widget sends it once more */
+    const p = await T.open('/basic.html?s=' + T.tag);
+    await p.loaded();
+    const key = (await p.answer('init')).json.key;
+    let refused = 0;
+
+    await p.page.route('**/page_hit', async (route) => {
+        if (refused++ === 0) {
+            await route.fulfill({ status: 409,
+                                  contentType: 'application/json',
+                                  body: '{"error":"key_replaced",' +
+                                        '"detail":"replaced"}' });
+            return;
+        }
+        await route.continue();
+    });
+
+    await p.eval(() => UE.pageHit({}));
+    const a = (await p.answer('page_hit', 2)).json || {};
+    T.is(refused, 2, 'sent once more after the 409');
+    T.is(a.key, key, 'and answered', show(a));
+    T.ok(!p.said('error').some((m) => /page_hit/.test(m)),
+         'no console error for it', show(p.console));
 });
 
 scenario('client.update', async (T) => {
