@@ -253,6 +253,7 @@ typedef struct {
     uint32_t                      time;
     uint32_t                      len;
     u_char                        type;
+    u_char                        sent;      /* a stream has read it */
     u_char                        data[1];   /* one line of JSON */
 } ngx_http_civchat_live_msg_t;
 
@@ -310,7 +311,8 @@ typedef struct {
     ngx_http_civchat_live_hint_t *hints;     /* a ring of live_size */
     uint64_t                      seq;       /* the last published */
     ngx_atomic_t                  streams;   /* open, in all workers */
-    ngx_atomic_t                  dropped;   /* over a limit, never sent */
+    ngx_atomic_t                  dropped;   /* dropped before any stream
+                                                read it */
 } ngx_http_civchat_live_sh_t;
 
 

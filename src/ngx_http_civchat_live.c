@@ -150,6 +150,7 @@ ngx_http_civchat_live_add(ngx_http_civchat_zone_t *zone, ngx_str_t *profile,
     m->time = (uint32_t) ngx_time();
     m->len = (uint32_t) len;
     m->type = (u_char) type;
+    m->sent = 0;
     ngx_memcpy(m->data, data, len);
 
     ngx_queue_insert_tail(&k->messages, &m->in_key);
@@ -196,7 +197,10 @@ ngx_http_civchat_live_cap(ngx_http_civchat_zone_t *zone,
         }
 
         /* the visitor's own oldest goes; counted if no stream had it */
-        (void) ngx_atomic_fetch_add(&zone->sh->live->dropped, 1);
+        if (!m->sent) {
+            (void) ngx_atomic_fetch_add(&zone->sh->live->dropped, 1);
+        }
+
         ngx_http_civchat_live_free(zone, m);
     }
 }
@@ -253,7 +257,10 @@ ngx_http_civchat_live_drop_oldest(ngx_http_civchat_zone_t *zone)
         q = ngx_queue_head(&live->classes[class]);
         m = ngx_queue_data(q, ngx_http_civchat_live_msg_t, in_class);
 
-        (void) ngx_atomic_fetch_add(&live->dropped, 1);
+        if (!m->sent) {
+            (void) ngx_atomic_fetch_add(&live->dropped, 1);
+        }
+
         ngx_http_civchat_live_free(zone, m);
 
         return NGX_OK;
@@ -447,6 +454,8 @@ ngx_http_civchat_live_copy(ngx_http_civchat_zone_t *zone, uint64_t from,
         if (m->seq <= from) {
             continue;
         }
+
+        m->sent = 1;
 
         c = ngx_array_push(out);
         if (c == NULL) {
