@@ -371,6 +371,7 @@ struct ngx_http_civchat_zone_s {
     ngx_event_t                   live_ev;
     uint64_t                      live_read;
     ngx_msec_t                    live_pinged;
+    ngx_msec_t                    live_checked;
 
     /* profiles the locked section works on: never evicted under it */
     ngx_uint_t                    npinned;

@@ -56,6 +56,8 @@ static ngx_int_t ngx_http_civchat_api_profile(ngx_http_request_t *r,
 static json_t *ngx_http_civchat_api_user(ngx_http_request_t *r,
     ngx_http_civchat_user_t *u, ngx_http_civchat_record_t *rec);
 static json_t *ngx_http_civchat_api_string(ngx_str_t *s);
+static ngx_uint_t ngx_http_civchat_api_claimed(ngx_http_civchat_ctx_t *ctx,
+    u_char kind);
 static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_request_t *r,
@@ -544,6 +546,14 @@ ngx_http_civchat_api_message(ngx_http_request_t *r,
         }
 
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_civchat_api_claimed(ctx, rt->kind)) {
+        json_decref(data);
+        return ngx_http_civchat_error(r, NGX_HTTP_CONFLICT, "unverified",
+                                      "%s", "the profile holding this ID "
+                                      "only claimed it (no user_hash): "
+                                      "message it by its key");
     }
 
     len = json_dumpb(data, NULL, 0, JSON_COMPACT);
@@ -1100,6 +1110,33 @@ ngx_http_civchat_api_user(ngx_http_request_t *r, ngx_http_civchat_user_t *u,
                      "page_views", (json_int_t) u->page_views,
                      "sessions", (json_int_t) u->sessions,
                      "attributes", attrs);
+}
+
+
+/*
+ * With civchat_identity_secret, a message by user_id or email goes only
+ * to a profile that proved it: a browser may claim an unheld email
+ * first, and must not get its owner's messages.
+ */
+
+static ngx_uint_t
+ngx_http_civchat_api_claimed(ngx_http_civchat_ctx_t *ctx, u_char kind)
+{
+    if (ctx->lcf->identity == NULL) {
+        return 0;
+    }
+
+    switch (kind) {
+
+    case NGX_HTTP_CIVCHAT_BY_USER_ID:
+        return !ctx->user.user_id_verified;
+
+    case NGX_HTTP_CIVCHAT_BY_EMAIL:
+        return !ctx->user.email_verified;
+
+    default:
+        return 0;
+    }
 }
 
 

@@ -30,6 +30,7 @@
 
 
 #define NGX_HTTP_CIVCHAT_LIVE_POLL      100
+#define NGX_HTTP_CIVCHAT_LIVE_IDLE      1000     /* how often idle is seen */
 #define NGX_HTTP_CIVCHAT_LIVE_PING      15000
 #define NGX_HTTP_CIVCHAT_LIVE_MAX_SENT  1000
 
@@ -151,6 +152,7 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
     if (!zone->live_ev.timer_set) {
         zone->live_read = ngx_http_civchat_zone_live_seq(zone);
         zone->live_pinged = ngx_current_msec;
+        zone->live_checked = ngx_current_msec;
         ngx_add_timer(&zone->live_ev, NGX_HTTP_CIVCHAT_LIVE_POLL);
     }
 
@@ -591,8 +593,8 @@ ngx_http_civchat_stream_timer(ngx_event_t *ev)
 
     ngx_add_timer(ev, NGX_HTTP_CIVCHAT_LIVE_POLL);
 
-    if (ngx_current_msec - zone->live_pinged >= NGX_HTTP_CIVCHAT_LIVE_PING) {
-        zone->live_pinged = ngx_current_msec;
+    if (ngx_current_msec - zone->live_checked >= NGX_HTTP_CIVCHAT_LIVE_IDLE) {
+        zone->live_checked = ngx_current_msec;
         ngx_http_civchat_stream_ping(zone);
     }
 
@@ -601,13 +603,15 @@ ngx_http_civchat_stream_timer(ngx_event_t *ev)
 
 
 /*
- * Comments keep proxies and load balancers from timing out; a stream
- * with no news for its idle time ends (its browser comes back).
+ * Every second: a stream with no news for its idle time ends (its
+ * browser comes back); every 15 seconds, a comment on each of the
+ * others keeps proxies and load balancers from timing out.
  */
 
 static void
 ngx_http_civchat_stream_ping(ngx_http_civchat_zone_t *zone)
 {
+    ngx_uint_t                  ping;
     ngx_rbtree_node_t          *node, *next, *sentinel;
     ngx_http_civchat_stream_t  *st;
 
@@ -615,6 +619,13 @@ ngx_http_civchat_stream_ping(ngx_http_civchat_zone_t *zone)
 
     if (zone->streams.root == sentinel) {
         return;
+    }
+
+    ping = (ngx_current_msec - zone->live_pinged
+            >= NGX_HTTP_CIVCHAT_LIVE_PING);
+
+    if (ping) {
+        zone->live_pinged = ngx_current_msec;
     }
 
     for (node = ngx_rbtree_min(zone->streams.root, sentinel);
@@ -629,7 +640,10 @@ ngx_http_civchat_stream_ping(ngx_http_civchat_zone_t *zone)
             continue;
         }
 
-        (void) ngx_http_civchat_stream_send(st, (u_char *) ": ping\n\n", 8);
+        if (ping) {
+            (void) ngx_http_civchat_stream_send(st, (u_char *) ": ping\n\n",
+                                                8);
+        }
     }
 }
 
