@@ -470,7 +470,7 @@ void ngx_http_civchat_sink_init_process(ngx_http_civchat_sink_t *sink,
 void ngx_http_civchat_sink_exit_process(ngx_http_civchat_sink_t *sink,
     ngx_cycle_t *cycle);
 
-/* http.c */
+/* http_conf.c, http.c: the HTTP store (ngx_http_civchat_http.h) */
 ngx_http_civchat_http_t *ngx_http_civchat_http_create(ngx_conf_t *cf,
     ngx_str_t *args, ngx_uint_t n);
 ngx_str_t *ngx_http_civchat_http_spool_dir(ngx_http_civchat_http_t *h);
