@@ -35,6 +35,8 @@ struct ngx_http_civchat_claim_s {
 
 static ngx_int_t ngx_http_civchat_spool_scan(ngx_http_civchat_spool_t *sp,
     u_char *oldest);
+static void ngx_http_civchat_spool_salvage(ngx_http_civchat_spool_t *sp,
+    u_char *path, ngx_pid_t pid);
 
 
 /*
@@ -270,13 +272,14 @@ ngx_http_civchat_spool_full(ngx_http_civchat_spool_t *sp)
 
 /*
  * Sizes up the spool and finds its oldest batch.  A batch claimed by a
- * worker that no longer runs is given back.
+ * worker that no longer runs is given back; a batch it did not finish
+ * writing is removed (its events were kept in memory, see http.c).
  */
 
 static ngx_int_t
 ngx_http_civchat_spool_scan(ngx_http_civchat_spool_t *sp, u_char *oldest)
 {
-    u_char      *name, *p, path[NGX_MAX_PATH], back[NGX_MAX_PATH];
+    u_char      *name, *p, *last, path[NGX_MAX_PATH], back[NGX_MAX_PATH];
     size_t       len;
     ngx_dir_t    dir;
     ngx_pid_t    pid;
@@ -310,6 +313,33 @@ ngx_http_civchat_spool_scan(ngx_http_civchat_spool_t *sp, u_char *oldest)
         }
 
         ngx_sprintf(path, "%V/%*s%Z", &sp->path, len, name);
+
+        if (len > sizeof(".tmp") - 1
+            && ngx_strncmp(name + len - 4, ".tmp", 4) == 0)
+        {
+            /*
+             * "<msec>-<pid>-<seq>.ndjson.tmp": a batch its worker is
+             * writing, or one that a worker which died (a crash, a
+             * kill) left half-written.  Neither counts against
+             * spool_size; the second is cleaned up.  This worker writes
+             * none while it looks, so one with its pid was left by an
+             * earlier process that had the same pid.
+             */
+
+            p = ngx_strlchr(name, name + len, '-');
+            last = (p == NULL) ? NULL : ngx_strlchr(p + 1, name + len, '-');
+
+            pid = (last == NULL) ? NGX_ERROR : ngx_atoi(p + 1, last - p - 1);
+
+            if (pid > 0
+                && (pid == ngx_pid
+                    || (kill(pid, 0) == -1 && ngx_errno == ESRCH)))
+            {
+                ngx_http_civchat_spool_salvage(sp, path, pid);
+            }
+
+            continue;
+        }
 
         if (ngx_de_info(path, &dir) != NGX_FILE_ERROR) {
             sp->bytes += ngx_de_size(&dir);
@@ -354,4 +384,122 @@ ngx_http_civchat_spool_scan(ngx_http_civchat_spool_t *sp, u_char *oldest)
     }
 
     return found;
+}
+
+
+/*
+ * A batch its worker died writing: its whole lines are events that
+ * worker accepted, so they become a batch of the spool (renamed without
+ * ".tmp"; the line being written when it died is cut off), and a file
+ * without a whole line is removed.
+ */
+
+static void
+ngx_http_civchat_spool_salvage(ngx_http_civchat_spool_t *sp, u_char *path,
+    ngx_pid_t pid)
+{
+    u_char           *p, *name, buf[4096];
+    off_t             end, keep;
+    size_t            len;
+    ssize_t           n;
+    ngx_file_t        file;
+    ngx_file_info_t   fi;
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+
+    file.name.data = path;
+    file.name.len = ngx_strlen(path);
+    file.log = sp->log;
+
+    file.fd = ngx_open_file(path, NGX_FILE_RDWR, NGX_FILE_OPEN, 0);
+    if (file.fd == NGX_INVALID_FILE) {
+        return;
+    }
+
+    if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR) {
+        goto failed;
+    }
+
+    /* from the end back to the last line feed */
+
+    keep = 0;
+
+    for (end = ngx_file_size(&fi); end > 0 && keep == 0; end -= n) {
+        len = (size_t) ngx_min(end, (off_t) sizeof(buf));
+
+        n = ngx_read_file(&file, buf, len, end - len);
+        if (n != (ssize_t) len) {
+            goto failed;
+        }
+
+        for (p = buf + len; p > buf; p--) {
+            if (p[-1] == '\n') {
+                keep = end - len + (p - buf);
+                break;
+            }
+        }
+    }
+
+    /* another worker may be cleaning the same file up: ENOENT is fine */
+
+    if (keep == 0) {
+        ngx_close_file(file.fd);
+
+        if (ngx_delete_file(path) == NGX_FILE_ERROR) {
+            if (ngx_errno != NGX_ENOENT) {
+                ngx_log_error(NGX_LOG_ERR, sp->log, ngx_errno,
+                              ngx_delete_file_n " \"%s\" failed", path);
+            }
+
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, sp->log, 0,
+                      "civchat_store: removed \"%s\", which process %P "
+                      "began and did not finish", path, pid);
+        return;
+    }
+
+    if (keep < ngx_file_size(&fi) && ftruncate(file.fd, keep) == -1) {
+        goto failed;
+    }
+
+    ngx_close_file(file.fd);
+
+    /* "<batch>.ndjson.tmp" becomes "<batch>.ndjson" */
+
+    name = ngx_alloc(file.name.len, sp->log);
+    if (name == NULL) {
+        return;
+    }
+
+    ngx_memcpy(name, path, file.name.len - 4);
+    name[file.name.len - 4] = '\0';
+
+    if (ngx_rename_file(path, name) == NGX_FILE_ERROR) {
+        if (ngx_errno != NGX_ENOENT) {
+            ngx_log_error(NGX_LOG_ERR, sp->log, ngx_errno,
+                          ngx_rename_file_n " \"%s\" failed", path);
+        }
+
+    } else {
+        ngx_log_error(NGX_LOG_NOTICE, sp->log, 0,
+                      "civchat_store: kept the whole lines of \"%s\", "
+                      "which process %P began and did not finish", path,
+                      pid);
+
+        /* counted by the next scan */
+        sp->pending = 1;
+    }
+
+    ngx_free(name);
+
+    return;
+
+failed:
+
+    ngx_log_error(NGX_LOG_ERR, sp->log, ngx_errno,
+                  "civchat_store: reading unfinished \"%s\" failed", path);
+
+    ngx_close_file(file.fd);
 }
