@@ -68,7 +68,8 @@ VALGRIND_TESTS ?= t/endpoints.t t/identity.t t/attributes.t t/events.t \
                   t/live.t t/api.t t/api_import.t t/status.t t/zone.t \
                   t/store_file.t t/store_http.t t/store_http_errors.t \
                   t/store_http_outage.t t/store_http_reload.t \
-                  t/store_http_slow.t t/concurrency.t t/stress.t \
+                  t/store_http_slow.t t/store_http_idle.t \
+                  t/concurrency.t t/stress.t \
                   t/geoip.t t/config.t t/fuzz_regressions.t
 
 test-valgrind: deps $(WIDGET_H)

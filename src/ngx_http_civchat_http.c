@@ -334,6 +334,13 @@ ngx_http_civchat_http_send(ngx_http_civchat_http_t *h)
     if (h->c != NULL && h->idle && !h->c->read->eof && !h->c->error) {
         h->idle = 0;
 
+        if (h->c->read->timer_set) {
+            ngx_del_timer(h->c->read);
+        }
+
+        /* an exiting worker waits for the answer (see done()) */
+        h->c->read->cancelable = 0;
+
     } else {
         ngx_http_civchat_http_close(h);
 
@@ -561,11 +568,21 @@ ngx_http_civchat_http_done(ngx_http_civchat_http_t *h, ngx_uint_t keepalive)
         ngx_del_timer(c->read);
     }
 
-    if (keepalive && !ngx_terminate && !ngx_exiting) {
-        /* parked: the idle handler closes it if the store does */
+    if (keepalive && h->keepalive_timeout && !ngx_terminate && !ngx_exiting)
+    {
+        /*
+         * parked: the idle handler closes it if the store does, or
+         * after keepalive_timeout, before the store would (a batch
+         * sent just as the store closes an idle connection fails)
+         */
+
         h->idle = 1;
         c->read->handler = ngx_http_civchat_http_idle_handler;
         c->write->handler = ngx_http_civchat_http_dummy_handler;
+
+        /* an idle connection does not keep an exiting worker */
+        c->read->cancelable = 1;
+        ngx_add_timer(c->read, h->keepalive_timeout);
 
         if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
             ngx_http_civchat_http_close(h);

@@ -79,6 +79,7 @@ struct ngx_http_civchat_http_s {
     size_t                        batch_bytes;
     ngx_msec_t                    flush;
     ngx_msec_t                    timeout;
+    ngx_msec_t                    keepalive_timeout;
     ngx_msec_t                    max_backoff;
     ngx_uint_t                    drop;      /* on_full=drop */
 

@@ -52,6 +52,7 @@ ngx_http_civchat_http_create(ngx_conf_t *cf, ngx_str_t *args, ngx_uint_t n)
     h->batch_bytes = 1024 * 1024;
     h->flush = 1000;
     h->timeout = 5000;
+    h->keepalive_timeout = 2000;
     h->max_backoff = 30000;
     h->spool.limit = (off_t) 1024 * 1024 * 1024;
     crc = 0;
@@ -222,7 +223,17 @@ ngx_http_civchat_http_param(ngx_conf_t *cf, ngx_http_civchat_http_t *h,
 
     ms = ngx_parse_time(&v, 0);
 
-    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+    if (ms == (ngx_msec_t) NGX_ERROR) {
+        goto invalid;
+    }
+
+    /* 0: a connection per batch */
+    if (ngx_strncmp(arg->data, "keepalive_timeout=", 18) == 0) {
+        h->keepalive_timeout = ms;
+        return NGX_CONF_OK;
+    }
+
+    if (ms == 0) {
         goto invalid;
     }
 
