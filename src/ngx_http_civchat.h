@@ -272,6 +272,9 @@ typedef struct {
     ngx_http_civchat_geoip_t     *geoip;
     ngx_http_civchat_stats_t     *stats;     /* shared counters */
 
+    /* civchat, civchat_api and civchat_status locations (status.c) */
+    ngx_uint_t                    locations;
+
     /* the first three bytes of every bot fragment, hashed (privacy.c) */
     u_char                        bot_triples[65536 / 8];
 
@@ -562,6 +565,7 @@ ngx_int_t ngx_http_civchat_is_bot_seen(ngx_http_civchat_main_conf_t *mcf,
 ngx_int_t ngx_http_civchat_add_variables(ngx_conf_t *cf);
 
 /* status.c */
+void ngx_http_civchat_stats_location(ngx_conf_t *cf);
 ngx_int_t ngx_http_civchat_stats_add(ngx_conf_t *cf,
     ngx_http_civchat_main_conf_t *mcf);
 ngx_uint_t ngx_http_civchat_event_type(const char *type);
