@@ -5,10 +5,9 @@
 
 
 /*
- * The CSV import of the server API (api.c, compiled in here for its
- * static functions): the input is a CSV body, read record by record by
- * ngx_http_civchat_csv_record() as the import does, each record from a
- * buffer of its exact size.
+ * The CSV import of the server API (csv.c): the input is a CSV body,
+ * read record by record by ngx_http_civchat_csv_record() as the import
+ * does, each record from a buffer of its exact size.
  *
  * Every call consumes something and stays within the body; a record is
  * an object of non-empty valid UTF-8 strings named by the header; and it
@@ -20,7 +19,7 @@
  */
 
 
-#include "ngx_http_civchat_api.c"
+#include "ngx_http_civchat.h"
 
 #include "common.h"
 

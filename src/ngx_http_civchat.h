@@ -589,6 +589,10 @@ void ngx_http_civchat_live_exit_process(ngx_http_civchat_zone_t *zone);
 /* api.c */
 ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
 
+/* csv.c */
+json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
+    json_t *header, const char **err);
+
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
