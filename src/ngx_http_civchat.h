@@ -590,6 +590,8 @@ void ngx_http_civchat_live_exit_process(ngx_http_civchat_zone_t *zone);
 ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
 
 /* csv.c */
+json_t *ngx_http_civchat_csv_header(u_char **pos, u_char *last,
+    const char **err);
 json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
     json_t *header, const char **err);
 

@@ -677,7 +677,7 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
     rc = NGX_OK;
 
     if (csv) {
-        header = ngx_http_civchat_csv_record(&p, last, NULL, &err);
+        header = ngx_http_civchat_csv_header(&p, last, &err);
 
         if (header == NULL) {
             json_decref(results);
