@@ -530,6 +530,12 @@ size_t ngx_http_civchat_json_quoted_len(const u_char *p, size_t len);
 u_char *ngx_http_civchat_json_quote(u_char *dst, const u_char *p,
     size_t len);
 
+/* json_integer.c */
+ngx_int_t ngx_http_civchat_json_note(ngx_pool_t *pool, json_t *v,
+    u_char *text, size_t len);
+ngx_int_t ngx_http_civchat_json_integer(ngx_pool_t *pool, json_t *v,
+    json_int_t *n);
+
 /* mem.c */
 ngx_int_t ngx_http_civchat_mem_init(ngx_slab_pool_t *shpool,
     ngx_http_civchat_mem_t *mem);

@@ -658,7 +658,7 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
 {
     u_char        *p, *last, *eol;
     json_t        *answer, *results, *row, *header;
-    ngx_pool_t    *pool, *parse;
+    ngx_pool_t    *pool, *rowpool;
     ngx_int_t      rc;
     ngx_uint_t     n, csv, counts[3];
     const char    *err;
@@ -688,15 +688,16 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
         }
     }
 
-    /* what the JSON reader needs while it reads one row */
-    parse = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, r->connection->log);
-    if (parse == NULL) {
-        json_decref(header);
-        json_decref(results);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     for (n = 1; p < last && rc == NGX_OK; n++) {
+
+        /*
+         * what a row allocates (its reading, events, copies) dies with
+         * the row: a large import would otherwise grow the request pool
+         * per row.  Destroyed, never reset: json.c notes a row's
+         * numbers in the pool it reads the row in.
+         */
+
+        rowpool = NULL;
 
         if (csv) {
             row = ngx_http_civchat_csv_record(&p, last, header, &err);
@@ -724,12 +725,18 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
                 continue;
             }
 
-            row = ngx_http_civchat_json_parse(parse, p, eol - p, NULL);
-            ngx_reset_pool(parse);
+            rowpool = ngx_create_pool(4096, r->connection->log);
+            if (rowpool == NULL) {
+                rc = NGX_ERROR;
+                break;
+            }
+
+            row = ngx_http_civchat_json_parse(rowpool, p, eol - p, NULL);
             p = eol + 1;
 
             if (!json_is_object(row)) {
                 json_decref(row);
+                ngx_destroy_pool(rowpool);
                 ngx_http_civchat_api_row_error(results, n, "invalid_json",
                                                "a row must be a JSON "
                                                "object", counts);
@@ -737,29 +744,25 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
             }
         }
 
-        /*
-         * what a row allocates (events, copies) dies with the row: a
-         * large import would otherwise grow the request pool per row
-         */
-        pool = r->pool;
-
-        r->pool = ngx_create_pool(4096, r->connection->log);
-        if (r->pool == NULL) {
-            r->pool = pool;
-            json_decref(row);
-            rc = NGX_ERROR;
-            break;
+        if (rowpool == NULL) {
+            rowpool = ngx_create_pool(4096, r->connection->log);
+            if (rowpool == NULL) {
+                json_decref(row);
+                rc = NGX_ERROR;
+                break;
+            }
         }
+
+        pool = r->pool;
+        r->pool = rowpool;
 
         rc = ngx_http_civchat_api_row(r, ctx, row, n, results, counts);
 
-        ngx_destroy_pool(r->pool);
-        r->pool = pool;
-
         json_decref(row);
+        ngx_destroy_pool(rowpool);
+        r->pool = pool;
     }
 
-    ngx_destroy_pool(parse);
     json_decref(header);
 
     if (rc != NGX_OK) {

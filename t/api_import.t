@@ -531,6 +531,28 @@ is(by_user_id("$p-2")->user->{email}, undef,
 is_deeply(json_decode($ev[0]{attrs}), { old => 'red', new => undef },
 	'NDJSON: profile_updated with new null');
 
+# a user_id given as a number is its exact integer, or no id at all:
+# 1.0000000000000001 and 1e-400 are not the integers 1 and 0 the doubles
+# hold, and an odd integer past 2^53 written as a real is not rounded
+api(POST => 'users/user_id/1', { plan => 'one' });
+api(POST => 'users/user_id/0', { plan => 'zero' });
+my $big = 9007199254740993 + 2 * int(rand(1000000));
+mark();
+$r = import_ndjson(qq({"user_id":1.0000000000000001,"plan":"x"}\n)
+	. qq({"user_id":1e-400,"plan":"x"}\n)
+	. qq({"user_id":$big.0,"plan":"big"}\n));
+@res = check_import($r, 'NDJSON numbers as user_id', created => 1,
+	errors => 2, numbered => 1);
+is_deeply([ map { $_->{error} // $_->{result} } @res ],
+	[ qw/missing_field missing_field created/ ],
+	'NDJSON numbers as user_id: not integers, no id');
+is(by_user_id('1')->user->{attributes}{plan}, 'one',
+	'NDJSON 1.0000000000000001: profile 1 unchanged');
+is(by_user_id('0')->user->{attributes}{plan}, 'zero',
+	'NDJSON 1e-400: profile 0 unchanged');
+is(by_user_id("$big")->user->{attributes}{plan}, 'big',
+	"NDJSON $big.0: the profile of exactly $big");
+
 # an empty body; a body of blank lines
 check_import(import_ndjson(''), 'NDJSON empty');
 check_import(import_ndjson("\n\n\r\n"), 'NDJSON blank lines');
