@@ -5,9 +5,8 @@
 
 
 /*
- * The HTTP store's answer parser (http.c, compiled in here for its
- * static functions): the input is one byte of options, then the bytes
- * the store answered.  ngx_http_civchat_http_parse() reads them as the
+ * The HTTP store's answer parser (http_answer.c): the input is one byte
+ * of options, then the bytes the store answered.  ngx_http_civchat_http_parse() reads them as the
  * read handler does, once as all that has arrived so far and once at
  * the end of the connection, and a prefix of them before; the bytes
  * beyond what arrived are poisoned, so that reading them is a finding.
@@ -16,18 +15,18 @@
  */
 
 
-#include "ngx_http_civchat_http.c"
+#include "ngx_http_civchat_http.h"
 
 #include <sanitizer/asan_interface.h>
 
 #include "common.h"
 
 
-static ngx_int_t fuzz_parse(ngx_http_civchat_http_t *h, const uint8_t *data,
-    size_t len, ngx_uint_t eof, ngx_uint_t *status, ngx_uint_t *keepalive);
+static ngx_int_t fuzz_parse(u_char *resp, const uint8_t *data, size_t len,
+    ngx_uint_t eof, ngx_uint_t *status, ngx_uint_t *keepalive);
 
 
-static ngx_http_civchat_http_t  fuzz_h;
+static u_char  fuzz_resp[NGX_HTTP_CIVCHAT_RESP_MAX];
 
 
 int
@@ -62,9 +61,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     prefix = (size == 0) ? 0 : size * prefix / 256;
 
-    rc_prefix = fuzz_parse(&fuzz_h, data, prefix, 0, &status_prefix,
+    rc_prefix = fuzz_parse(fuzz_resp, data, prefix, 0, &status_prefix,
                            &keepalive_prefix);
-    rc = fuzz_parse(&fuzz_h, data, size, 0, &status, &keepalive);
+    rc = fuzz_parse(fuzz_resp, data, size, 0, &status, &keepalive);
 
     ngx_fuzz_assert(rc == NGX_OK || rc == NGX_AGAIN || rc == NGX_ERROR);
 
@@ -80,7 +79,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* at the end of the connection, there is no waiting for more */
 
-    rc_eof = fuzz_parse(&fuzz_h, data, size, 1, &status, &keepalive);
+    rc_eof = fuzz_parse(fuzz_resp, data, size, 1, &status, &keepalive);
 
     ngx_fuzz_assert(rc_eof == NGX_OK || rc_eof == NGX_ERROR);
 
@@ -108,22 +107,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 
 static ngx_int_t
-fuzz_parse(ngx_http_civchat_http_t *h, const uint8_t *data, size_t len,
-    ngx_uint_t eof, ngx_uint_t *status, ngx_uint_t *keepalive)
+fuzz_parse(u_char *resp, const uint8_t *data, size_t len, ngx_uint_t eof,
+    ngx_uint_t *status, ngx_uint_t *keepalive)
 {
     ngx_int_t  rc;
 
-    ngx_memcpy(h->resp, data, len);
-    h->resp_len = len;
+    ngx_memcpy(resp, data, len);
 
     *status = 1000;
     *keepalive = 2;
 
-    ASAN_POISON_MEMORY_REGION(h->resp + len, sizeof(h->resp) - len);
+    ASAN_POISON_MEMORY_REGION(resp + len, NGX_HTTP_CIVCHAT_RESP_MAX - len);
 
-    rc = ngx_http_civchat_http_parse(h, eof, status, keepalive);
+    rc = ngx_http_civchat_http_parse(resp, len, NGX_HTTP_CIVCHAT_RESP_MAX,
+                                     eof, status, keepalive);
 
-    ASAN_UNPOISON_MEMORY_REGION(h->resp + len, sizeof(h->resp) - len);
+    ASAN_UNPOISON_MEMORY_REGION(resp + len, NGX_HTTP_CIVCHAT_RESP_MAX - len);
 
     return rc;
 }

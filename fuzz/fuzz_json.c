@@ -17,6 +17,13 @@
  * One difference is meant: jansson skips a NUL byte that directly
  * follows a number ("0\0" is 0 to it), json.c rejects every NUL byte
  * outside a string as it does inside one.
+ *
+ * ngx_http_civchat_json_integer() (what user_id takes a number as) says
+ * a real is an integer only when the real's value is that integer; and
+ * of a real read back from json.c's own text, which is exactly its
+ * double up to 2^53 (past it, the shortest text that reads back as the
+ * double is not always the double's integer), that it is one exactly
+ * when the double is a whole number.
  */
 
 
@@ -30,6 +37,7 @@
 
 static void fuzz_compare_text(json_t *v, ngx_pool_t *pool);
 static ngx_uint_t fuzz_has_real(json_t *v);
+static void fuzz_integers(json_t *v, ngx_pool_t *pool, ngx_uint_t exact);
 
 
 int
@@ -82,6 +90,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     } else {
         ngx_fuzz_assert(json_equal(mine, theirs));
+        fuzz_integers(mine, pool, 0);
         fuzz_compare_text(theirs, pool);
     }
 
@@ -130,7 +139,69 @@ fuzz_compare_text(json_t *v, ngx_pool_t *pool)
 
     back = ngx_http_civchat_json_parse(pool, text, size, NULL);
     ngx_fuzz_assert(back != NULL && json_equal(back, v));
+    fuzz_integers(back, pool, 1);
     json_decref(back);
+}
+
+
+static void
+fuzz_integers(json_t *v, ngx_pool_t *pool, ngx_uint_t exact)
+{
+    double       d;
+    size_t       i;
+    json_t      *item;
+    ngx_int_t    rc;
+    json_int_t   n;
+    const char  *key;
+    ngx_uint_t   whole, big;
+
+    switch (json_typeof(v)) {
+
+    case JSON_REAL:
+        d = json_real_value(v);
+        whole = (d >= -9223372036854775808.0 && d < 9223372036854775808.0
+                 && (double) (int64_t) d == d);
+
+        big = (d > 9007199254740992.0 || d < -9007199254740992.0);
+
+        rc = ngx_http_civchat_json_integer(pool, v, &n);
+
+        if (rc == NGX_OK && !(whole && (n > 9007199254740992LL
+                                        || n < -9007199254740992LL
+                                        || (double) n == d)))
+        {
+            ngx_fuzz_fail("the real %.17g read as the integer %lld", d,
+                          (long long) n);
+        }
+
+        if (exact && !big && (rc == NGX_OK) != whole) {
+            ngx_fuzz_fail("the real %.17g, written and read back, %s an "
+                          "integer", d, whole ? "is not" : "is");
+        }
+
+        if (exact && !big && whole) {
+            ngx_fuzz_assert(n == (json_int_t) d);
+        }
+
+        return;
+
+    case JSON_ARRAY:
+        json_array_foreach(v, i, item) {
+            fuzz_integers(item, pool, exact);
+        }
+
+        return;
+
+    case JSON_OBJECT:
+        json_object_foreach(v, key, item) {
+            fuzz_integers(item, pool, exact);
+        }
+
+        return;
+
+    default:
+        return;
+    }
 }
 
 

@@ -397,6 +397,9 @@ typedef struct {
     ngx_http_civchat_stats_t     *stats;     /* shared counters */
     ngx_uint_t                    unverified_locations;
 
+    /* civchat, civchat_api and civchat_status locations (status.c) */
+    ngx_uint_t                    locations;
+
     /* the first three bytes of every bot fragment, hashed (privacy.c) */
     u_char                        bot_triples[65536 / 8];
 
@@ -833,7 +836,7 @@ void ngx_http_civchat_sink_init_process(ngx_http_civchat_sink_t *sink,
 void ngx_http_civchat_sink_exit_process(ngx_http_civchat_sink_t *sink,
     ngx_cycle_t *cycle);
 
-/* http.c */
+/* http_conf.c, http.c: the HTTP store (ngx_http_civchat_http.h) */
 ngx_http_civchat_http_t *ngx_http_civchat_http_create(ngx_conf_t *cf,
     ngx_str_t *args, ngx_uint_t n);
 ngx_str_t *ngx_http_civchat_http_spool_dir(ngx_http_civchat_http_t *h);
@@ -890,6 +893,12 @@ size_t ngx_http_civchat_json_quoted_len(const u_char *p, size_t len);
 u_char *ngx_http_civchat_json_quote(u_char *dst, const u_char *p,
     size_t len);
 
+/* json_integer.c */
+ngx_int_t ngx_http_civchat_json_note(ngx_pool_t *pool, json_t *v,
+    u_char *text, size_t len);
+ngx_int_t ngx_http_civchat_json_integer(ngx_pool_t *pool, json_t *v,
+    json_int_t *n);
+
 /* mem.c */
 ngx_int_t ngx_http_civchat_mem_init(ngx_slab_pool_t *shpool,
     ngx_http_civchat_mem_t *mem);
@@ -924,6 +933,7 @@ ngx_int_t ngx_http_civchat_is_bot_seen(ngx_http_civchat_main_conf_t *mcf,
 ngx_int_t ngx_http_civchat_add_variables(ngx_conf_t *cf);
 
 /* status.c */
+void ngx_http_civchat_stats_location(ngx_conf_t *cf);
 ngx_int_t ngx_http_civchat_stats_add(ngx_conf_t *cf,
     ngx_http_civchat_main_conf_t *mcf);
 void ngx_http_civchat_count_event(ngx_http_request_t *r, ngx_uint_t type);
@@ -937,6 +947,12 @@ char *ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* api.c */
 ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
+
+/* csv.c */
+json_t *ngx_http_civchat_csv_header(u_char **pos, u_char *last,
+    const char **err);
+json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
+    json_t *header, const char **err);
 
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,

@@ -71,8 +71,6 @@ static ngx_int_t ngx_http_civchat_api_row(ngx_http_request_t *r,
     json_t *results, ngx_uint_t *counts);
 static void ngx_http_civchat_api_row_error(json_t *results, ngx_uint_t n,
     const char *code, const char *detail, ngx_uint_t *counts);
-static json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
-    json_t *header, const char **err);
 static void ngx_http_civchat_api_cleanup(void *data);
 static ngx_int_t ngx_http_civchat_api_send(ngx_http_request_t *r,
     ngx_uint_t status, json_t *answer);
@@ -677,7 +675,7 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
 {
     u_char        *p, *last, *eol;
     json_t        *answer, *results, *row, *header;
-    ngx_pool_t    *pool, *parse;
+    ngx_pool_t    *pool, *rowpool;
     ngx_int_t      rc;
     ngx_uint_t     n, csv, counts[3];
     const char    *err;
@@ -696,7 +694,7 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
     rc = NGX_OK;
 
     if (csv) {
-        header = ngx_http_civchat_csv_record(&p, last, NULL, &err);
+        header = ngx_http_civchat_csv_header(&p, last, &err);
 
         if (header == NULL) {
             json_decref(results);
@@ -707,15 +705,16 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
         }
     }
 
-    /* what the JSON reader needs while it reads one row */
-    parse = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, r->connection->log);
-    if (parse == NULL) {
-        json_decref(header);
-        json_decref(results);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     for (n = 1; p < last && rc == NGX_OK; n++) {
+
+        /*
+         * what a row allocates (its reading, events, copies) dies with
+         * the row: a large import would otherwise grow the request pool
+         * per row.  Destroyed, never reset: json.c notes a row's
+         * numbers in the pool it reads the row in.
+         */
+
+        rowpool = NULL;
 
         if (csv) {
             row = ngx_http_civchat_csv_record(&p, last, header, &err);
@@ -743,12 +742,18 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
                 continue;
             }
 
-            row = ngx_http_civchat_json_parse(parse, p, eol - p, NULL);
-            ngx_reset_pool(parse);
+            rowpool = ngx_create_pool(4096, r->connection->log);
+            if (rowpool == NULL) {
+                rc = NGX_ERROR;
+                break;
+            }
+
+            row = ngx_http_civchat_json_parse(rowpool, p, eol - p, NULL);
             p = eol + 1;
 
             if (!json_is_object(row)) {
                 json_decref(row);
+                ngx_destroy_pool(rowpool);
                 ngx_http_civchat_api_row_error(results, n, "invalid_json",
                                                "a row must be a JSON "
                                                "object", counts);
@@ -756,29 +761,25 @@ ngx_http_civchat_api_import(ngx_http_request_t *r,
             }
         }
 
-        /*
-         * what a row allocates (events, copies) dies with the row: a
-         * large import would otherwise grow the request pool per row
-         */
-        pool = r->pool;
-
-        r->pool = ngx_create_pool(4096, r->connection->log);
-        if (r->pool == NULL) {
-            r->pool = pool;
-            json_decref(row);
-            rc = NGX_ERROR;
-            break;
+        if (rowpool == NULL) {
+            rowpool = ngx_create_pool(4096, r->connection->log);
+            if (rowpool == NULL) {
+                json_decref(row);
+                rc = NGX_ERROR;
+                break;
+            }
         }
+
+        pool = r->pool;
+        r->pool = rowpool;
 
         rc = ngx_http_civchat_api_row(r, ctx, row, n, results, counts);
 
-        ngx_destroy_pool(r->pool);
-        r->pool = pool;
-
         json_decref(row);
+        ngx_destroy_pool(rowpool);
+        r->pool = pool;
     }
 
-    ngx_destroy_pool(parse);
     json_decref(header);
 
     if (rc != NGX_OK) {
@@ -863,166 +864,6 @@ ngx_http_civchat_api_row_error(json_t *results, ngx_uint_t n,
                           json_pack("{s:I,s:s,s:s,s:s}", "row",
                                     (json_int_t) n, "result", "error",
                                     "error", code, "detail", detail));
-}
-
-
-/*
- * One CSV record (RFC 4180: quotes, doubled quotes, commas and line
- * breaks inside quotes, CRLF or LF).  Without a header: the header row
- * as an array of names; with one: an object of the record's non-empty
- * fields.  NULL with *err NULL: an empty line.
- */
-
-static json_t *
-ngx_http_civchat_csv_record(u_char **pos, u_char *last, json_t *header,
-    const char **err)
-{
-    u_char      *p, *field, *q;
-    json_t      *rec, *name;
-    ngx_uint_t   col, quoted, end;
-
-    p = *pos;
-    *err = NULL;
-    col = 0;
-    end = 0;
-
-    if (p < last && (*p == '\n' || (*p == '\r' && p + 1 < last
-                                    && p[1] == '\n')))
-    {
-        *pos = p + ((*p == '\r') ? 2 : 1);
-        return NULL;
-    }
-
-    rec = header ? json_object() : json_array();
-    if (rec == NULL) {
-        *err = "no memory";
-        return NULL;
-    }
-
-    /* fields are unquoted in place: the body buffer is ours */
-
-    while (!end) {
-        quoted = (p < last && *p == '"');
-
-        if (quoted) {
-
-            /*
-             * unquoting rewrites the body: a field that is not closed
-             * must leave it as it is for the records that follow
-             */
-
-            for (q = p + 1; q < last; q++) {
-                if (*q == '"') {
-                    if (q + 1 < last && q[1] == '"') {
-                        q++;
-                        continue;
-                    }
-
-                    break;
-                }
-            }
-
-            if (q == last) {
-                /*
-                 * the rest of the file is not this record's field: the
-                 * record ends with the quote's line (the lines before it,
-                 * in a closed field, are unquoted already)
-                 */
-                *err = "a quoted field is not closed";
-                goto failed;
-            }
-        }
-
-        field = quoted ? ++p : p;
-        q = field;
-
-        for ( ;; ) {
-            if (p == last) {
-                end = 1;
-                break;
-            }
-
-            if (quoted) {
-                if (*p == '"') {
-                    if (p + 1 < last && p[1] == '"') {
-                        *q++ = '"';
-                        p += 2;
-                        continue;
-                    }
-
-                    quoted = 0;
-                    p++;
-                    continue;
-                }
-
-                *q++ = *p++;
-                continue;
-            }
-
-            if (*p == ',') {
-                p++;
-                break;
-            }
-
-            if (*p == '\n' || (*p == '\r' && p + 1 < last && p[1] == '\n')) {
-                p += (*p == '\r') ? 2 : 1;
-                end = 1;
-                break;
-            }
-
-            *q++ = *p++;
-        }
-
-        if (header == NULL) {
-            if (json_array_append_new(rec, json_stringn((char *) field,
-                                                        q - field))
-                != 0)
-            {
-                *err = "a header name is not valid UTF-8";
-                goto failed;
-            }
-
-            col++;
-            continue;
-        }
-
-        name = json_array_get(header, col++);
-
-        if (name == NULL) {
-            *err = "more fields than the header has names";
-            goto failed;
-        }
-
-        if (q > field
-            && json_object_set_new(rec, json_string_value(name),
-                                   json_stringn((char *) field, q - field))
-               != 0)
-        {
-            *err = "a field is not valid UTF-8";
-            goto failed;
-        }
-    }
-
-    *pos = p;
-
-    return rec;
-
-failed:
-
-    /* skip to the end of this record's line, unless it is there already */
-
-    if (!end) {
-        while (p < last && *p != '\n') {
-            p++;
-        }
-
-        p = (p < last) ? p + 1 : last;
-    }
-
-    *pos = p;
-    json_decref(rec);
-
-    return NULL;
 }
 
 

@@ -2128,9 +2128,13 @@ ngx_http_civchat_user_id(ngx_pool_t *pool, json_t *value, ngx_str_t *out,
     case JSON_INTEGER:
     case JSON_REAL:
 
-        /* 42.0 is what some serializers make of the integer 42 */
+        /*
+         * 42.0 is what some serializers make of the integer 42; but
+         * 1.0000000000000001 and 1e-400, the doubles 1 and 0, are no
+         * identity: the number's text decides (json_integer.c)
+         */
 
-        if (ngx_http_civchat_integer(value, &n) != NGX_OK) {
+        if (ngx_http_civchat_json_integer(pool, value, &n) != NGX_OK) {
             *reason = "invalid_value";
             return NGX_DECLINED;
         }

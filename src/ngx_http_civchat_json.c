@@ -27,11 +27,17 @@
  * ngx_http_civchat_json_write() writes what json_dumpb() with
  * JSON_COMPACT writes, but for reals in as few digits as read back the
  * same.  fuzz/fuzz_json.c holds both to jansson.
+ *
+ * A real whose double is a whole number is noted in the pool with what
+ * its text says (json_integer.c), so that "1.0000000000000001" is not
+ * taken for the integer 1: the pool the reader is given is destroyed,
+ * never reset.
  */
 
 
 #define NGX_HTTP_CIVCHAT_JSON_DEPTH   2048    /* jansson's own limit */
 #define NGX_HTTP_CIVCHAT_JSON_NUMBER  64      /* longer ones: scratch */
+
 
 
 /*
@@ -72,6 +78,7 @@ typedef struct {
     ngx_uint_t                    depth;
     const char                   *error;
 } ngx_http_civchat_json_parser_t;
+
 
 
 static json_t *ngx_http_civchat_json_value(
@@ -645,6 +652,7 @@ ngx_http_civchat_json_number(ngx_http_civchat_json_parser_t *ps)
     char        *end;
     double       d;
     size_t       len;
+    json_t      *v;
     ngx_uint_t   real;
     json_int_t   n;
 
@@ -726,9 +734,25 @@ ngx_http_civchat_json_number(ngx_http_civchat_json_parser_t *ps)
             return ngx_http_civchat_json_fail(ps, "real number overflow");
         }
 
+        v = json_real(d);
+
+        /*
+         * a whole number (every double from 2^63 up is one): what its
+         * text says is noted
+         */
+
+        if (v != NULL
+            && (d <= -9223372036854775808.0 || d >= 9223372036854775808.0
+                || (double) (int64_t) d == d)
+            && ngx_http_civchat_json_note(ps->pool, v, text, len) != NGX_OK)
+        {
+            json_decref(v);
+            return ngx_http_civchat_json_fail(ps, "out of memory");
+        }
+
         ps->pos = p;
 
-        return json_real(d);
+        return v;
     }
 
 #if (JSON_INTEGER_IS_LONG_LONG)

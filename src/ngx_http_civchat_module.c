@@ -704,6 +704,8 @@ ngx_http_civchat(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     *flag = 1;
     lcf->location = clcf->name;
 
+    ngx_http_civchat_stats_location(cf);
+
     return NGX_CONF_OK;
 }
 

@@ -15,10 +15,18 @@
  * Counters shared by all workers (a small shared-memory zone of atomic
  * counters, so the request path takes no lock) and the civchat_status
  * page that shows them in Prometheus' text format.
+ *
+ * The zone and the log-phase handler that counts requests exist only
+ * where a civchat, civchat_api or civchat_status location does: loading
+ * the module into an nginx that does not use it adds nothing to it.
+ * The zone's name is the module's, with a ':' that the zone=name:size
+ * of limit_req_zone, proxy_cache_path and the like cannot hold, so that
+ * it never takes a name a configuration gives a zone of its own.
  */
 
 
 #define NGX_HTTP_CIVCHAT_STATS_SIZE  (64 * 1024)
+#define NGX_HTTP_CIVCHAT_STATS_ZONE  "ngx_http_civchat_module:stats"
 
 
 static ngx_int_t ngx_http_civchat_stats_init(ngx_shm_zone_t *shm_zone,
@@ -51,6 +59,20 @@ static ngx_uint_t  ngx_http_civchat_statuses[] = {
 };
 
 
+/* a civchat, civchat_api or civchat_status location */
+
+void
+ngx_http_civchat_stats_location(ngx_conf_t *cf)
+{
+    ngx_http_civchat_main_conf_t  *mcf;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_civchat_module);
+    mcf->locations++;
+}
+
+
+/* at the end of the http block: the zone and the handler, when used */
+
 ngx_int_t
 ngx_http_civchat_stats_add(ngx_conf_t *cf, ngx_http_civchat_main_conf_t *mcf)
 {
@@ -59,7 +81,11 @@ ngx_http_civchat_stats_add(ngx_conf_t *cf, ngx_http_civchat_main_conf_t *mcf)
     ngx_http_handler_pt        *h;
     ngx_http_core_main_conf_t  *cmcf;
 
-    ngx_str_set(&name, "civchat_stats");
+    if (mcf->locations == 0) {
+        return NGX_OK;
+    }
+
+    ngx_str_set(&name, NGX_HTTP_CIVCHAT_STATS_ZONE);
 
     shm_zone = ngx_shared_memory_add(cf, &name, NGX_HTTP_CIVCHAT_STATS_SIZE,
                                      &ngx_http_civchat_module);
@@ -224,6 +250,8 @@ ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_civchat_status_handler;
+
+    ngx_http_civchat_stats_location(cf);
 
     return NGX_CONF_OK;
 }

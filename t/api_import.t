@@ -363,6 +363,96 @@ $p = uniq_id('utf');
 
 ###############################################################################
 
+# CSV as spreadsheets write it: Excel's byte order mark before the
+# header, CR line ends (older Mac spreadsheets) beside LF and CRLF, line
+# breaks of any kind inside quotes, rows the sheet left empty, trailing
+# empty columns; what is wrong is an error of its row (in the header,
+# of the import), never silent
+
+sub bytes {
+	my ($s) = @_;
+	utf8::downgrade($s);
+	return $s;
+}
+
+$p = uniq_id('bom');
+$r = import_csv(bytes("\xef\xbb\xbfuser_id,Plan\r\n$p-1,gold\r\n"
+	. "$p-2,silver\r\n"));
+check_import($r, 'CSV with a BOM', created => 2, numbered => 1);
+$u = by_user_id("$p-1")->user;
+is($u->{user_id}, "$p-1", 'CSV with a BOM: the first column is user_id');
+is($u->{attributes}{plan}, 'gold', 'CSV with a BOM: the row applied');
+ok(!grep(/\x{feff}|user_id/, keys %{$u->{attributes} // {}}),
+	'CSV with a BOM: no attribute named after the mark');
+
+$p = uniq_id('bomq');
+$r = import_csv(bytes("\xef\xbb\xbf\"user_id\",plan\n$p-1,gold\n"));
+check_import($r, 'CSV with a BOM, the name quoted', created => 1);
+is(by_user_id("$p-1")->status, 200, 'CSV with a BOM, quoted: found');
+
+$p = uniq_id('cr');
+$r = import_csv("user_id,name,note\r$p-1,Ann,\"two\rlines\"\r"
+	. "$p-2,Bob,\"lf\nand crlf\r\n\"\r\r$p-3,Cy,\"\"\"q\"\"\"\n"
+	. "$p-4,Dee,crlf\r\n$p-5,Ed,last");
+check_import($r, 'CSV with CR line ends', created => 5, numbered => 1);
+is(by_user_id("$p-1")->user->{attributes}{note}, "two\rlines",
+	'CSV CR: a CR inside quotes is kept');
+is(by_user_id("$p-2")->user->{attributes}{note}, "lf\nand crlf\r\n",
+	'CSV CR: LF and CRLF inside quotes are kept');
+is(by_user_id("$p-3")->user->{attributes}{note}, '"q"',
+	'CSV CR: after an empty line, doubled quotes');
+is(by_user_id("$p-4")->user->{attributes}{note}, 'crlf',
+	'CSV CR: an LF line, then a CRLF line');
+is(by_user_id("$p-5")->user->{attributes}{name}, 'Ed',
+	'CSV CR: the last row without a line end');
+
+$p = uniq_id('empty');
+$r = import_csv("user_id,plan,,\r\n$p-1,a,,\r\n,,,\r\n$p-2,b,,\r\n,,,\r\n");
+@res = check_import($r, 'CSV rows and columns left empty', created => 2);
+is_deeply([ map { $_->{row} } @res ], [ 1, 2 ],
+	'CSV rows left empty: skipped like blank lines');
+
+$r = import_csv(bytes("\xff\xfeu\0s\0e\0r\0_\0i\0d\0\n\0"));
+is($r->status, 400, 'CSV in UTF-16: 400');
+is($r->error, 'invalid_csv', 'CSV in UTF-16: invalid_csv');
+like($r->json->{detail} // '', qr/UTF-16/, 'CSV in UTF-16: the detail says so');
+
+$p = uniq_id('nulh');
+$r = import_csv(bytes("user\0id,plan\n$p-1,a\n"));
+is($r->status, 400, 'CSV NUL in a name: 400, not a name cut short');
+is($r->error, 'invalid_csv', 'CSV NUL in a name: invalid_csv');
+like($r->json->{detail} // '', qr/NUL/, 'CSV NUL in a name: the detail says so');
+
+$p = uniq_id('dup');
+$r = import_csv("user_id,plan,plan\n$p-1,a,b\n");
+is($r->status, 400, 'CSV a column named twice: 400');
+like($r->json->{detail} // '', qr/twice/, 'CSV a column named twice: the '
+	. 'detail says so');
+is(by_user_id("$p-1")->status, 404, 'CSV a column named twice: nothing '
+	. 'applied');
+
+$p = uniq_id('rowerr');
+$r = import_csv(bytes("user_id,name,plan\n"
+	. "$p-1,A\0nn,gold\n"			# a NUL byte
+	. "$p-2,\"Bob\"by,silver\n"		# text after the closing quote
+	. "$p-3,\"Cy\" ,\"x\ny\"\n"		# a space after it, a quoted LF
+	. "$p-4,Dee,\"quoted,\nfine\"\n"));
+@res = check_import($r, 'CSV wrong rows', created => 1, errors => 3,
+	numbered => 1);
+is_deeply([ map { $_->{error} // $_->{result} } @res ],
+	[ qw/invalid_csv invalid_csv invalid_csv created/ ],
+	'CSV wrong rows: each an error of its own');
+like($res[0]{detail} // '', qr/NUL/, 'CSV NUL in a field: the detail');
+like($res[1]{detail} // '', qr/closing quote/,
+	'CSV text after a closing quote: the detail');
+for my $i (1 .. 3) {
+	is(by_user_id("$p-$i")->status, 404, "CSV wrong row $i: nothing applied");
+}
+is(by_user_id("$p-4")->user->{attributes}{plan}, "quoted,\nfine",
+	'CSV wrong rows: the row after them as it was sent');
+
+###############################################################################
+
 # NDJSON: bad lines, blank lines, CRLF, a numeric user_id, the last line
 # without a newline, a row updating an earlier one
 
@@ -440,6 +530,28 @@ is(by_user_id("$p-2")->user->{email}, undef,
 @ev = new_events(type => 'profile_updated', name => 'color');
 is_deeply(json_decode($ev[0]{attrs}), { old => 'red', new => undef },
 	'NDJSON: profile_updated with new null');
+
+# a user_id given as a number is its exact integer, or no id at all:
+# 1.0000000000000001 and 1e-400 are not the integers 1 and 0 the doubles
+# hold, and an odd integer past 2^53 written as a real is not rounded
+api(POST => 'users/user_id/1', { plan => 'one' });
+api(POST => 'users/user_id/0', { plan => 'zero' });
+my $big = 9007199254740993 + 2 * int(rand(1000000));
+mark();
+$r = import_ndjson(qq({"user_id":1.0000000000000001,"plan":"x"}\n)
+	. qq({"user_id":1e-400,"plan":"x"}\n)
+	. qq({"user_id":$big.0,"plan":"big"}\n));
+@res = check_import($r, 'NDJSON numbers as user_id', created => 1,
+	errors => 2, numbered => 1);
+is_deeply([ map { $_->{error} // $_->{result} } @res ],
+	[ qw/missing_field missing_field created/ ],
+	'NDJSON numbers as user_id: not integers, no id');
+is(by_user_id('1')->user->{attributes}{plan}, 'one',
+	'NDJSON 1.0000000000000001: profile 1 unchanged');
+is(by_user_id('0')->user->{attributes}{plan}, 'zero',
+	'NDJSON 1e-400: profile 0 unchanged');
+is(by_user_id("$big")->user->{attributes}{plan}, 'big',
+	"NDJSON $big.0: the profile of exactly $big");
 
 # an empty body; a body of blank lines
 check_import(import_ndjson(''), 'NDJSON empty');

@@ -126,6 +126,14 @@ EOF
 			. "            civchat zone=b;\n            civchat_api_key K;") ],
 	[ 'a zone nobody uses', conf(http => "civchat_zone users 1m;\n"
 		. "    civchat_zone spare 1m;") ],
+	[ 'http store with every parameter', conf(location => "$base\n"
+		. "            civchat_store http://127.0.0.1:8123/?q=1 "
+		. "batch=10 batch_size=64k flush=2s timeout=3s "
+		. "keepalive_timeout=1s retry=1m spool=%%TESTDIR%%/spool "
+		. "spool_size=10m on_full=drop;") ],
+	[ 'http store, a connection per batch', conf(location => "$base\n"
+		. "            civchat_store http://127.0.0.1:8123/ "
+		. "keepalive_timeout=0 spool=%%TESTDIR%%/spool;") ],
 );
 
 $t->write_file('secret', "a-secret-in-a-file-0123456789\n");
@@ -184,6 +192,12 @@ my @bad = (
 		. "civchat_store file=%%TESTDIR%%/e flush=often;"), qr/often|flush/ ],
 	[ 'store buffer bad', conf(location => "$base\n            "
 		. "civchat_store file=%%TESTDIR%%/e buffer=lots;"), qr/lots|buffer/ ],
+	[ 'store keepalive_timeout bad', conf(location => "$base\n            "
+		. "civchat_store http://127.0.0.1:8123/ keepalive_timeout=idle;"),
+		qr/keepalive_timeout=idle/ ],
+	[ 'store timeout 0', conf(location => "$base\n            "
+		. "civchat_store http://127.0.0.1:8123/ timeout=0;"),
+		qr/timeout=0/ ],
 	[ 'store in a missing directory', conf(location => "$base\n            "
 		. "civchat_store file=/nonexistent/dir/e.ndjson;"),
 		qr{/nonexistent/dir/e\.ndjson}, 'no line' ],

@@ -9,8 +9,9 @@
 # behaviour in ngx_sprintf, seen under make test-asan), a bare choice
 # for a multi attribute beyond civchat_max_array_items, the HTTP store
 # answering a chunk size near 2^63 (undefined behaviour, which make
-# test-asan reports), and the CSV import losing or rewriting the rows
-# after a bad one.
+# test-asan reports), the CSV import losing or rewriting the rows after
+# a bad one, and CSV as spreadsheets write it (a byte order mark, CR line
+# ends, a NUL byte in a name).
 
 ###############################################################################
 
@@ -248,6 +249,26 @@ is(api(GET => "users/user_id/$p-2")->user->{attributes}{name},
 	'say ""hi""', 'CSV unclosed quote: the next row as it was sent');
 is(api(GET => "users/user_id/$p-3")->user->{attributes}{name}, 'Cy',
 	'CSV unclosed quote: the row after that as it was sent');
+
+# csv: Excel's byte order mark was part of the first name, CR line ends
+# made the whole body one header row, a NUL byte cut a name short
+
+$p = uniq_id('fz');
+$r = api(POST => 'import', "\xef\xbb\xbfuser_id,plan\r\n$p-1,a\r\n",
+	'text/csv');
+is(($r->json // {})->{created}, 1, 'CSV byte order mark: the row created');
+is(api(GET => "users/user_id/$p-1")->user->{attributes}{plan}, 'a',
+	'CSV byte order mark: by its user_id');
+
+$p = uniq_id('fz');
+$r = api(POST => 'import', "user_id,plan\r$p-1,a\r$p-2,\"b\rc\"\r\r$p-3,c",
+	'text/csv');
+is(($r->json // {})->{created}, 3, 'CSV CR line ends: 3 rows created');
+is(api(GET => "users/user_id/$p-2")->user->{attributes}{plan}, "b\rc",
+	'CSV CR line ends: a CR inside quotes kept');
+
+$r = api(POST => 'import', "user\0id,plan\n1,a\n", 'text/csv');
+is($r->status, 400, 'CSV NUL in a name: the header is refused');
 
 # http_answer: a chunk size near 2^63 overflowed "size + 2" (undefined
 # behaviour) and moved the parser's pointer 2^63 bytes away

@@ -134,6 +134,55 @@ for my $v (0, -7, '0') {
 	is($r->user->{user_id}, "$v", "user_id $v kept as \"$v\"");
 }
 
+# a user_id that is a number but not an integer in range is ignored, not
+# rounded to one: 1e-400 reads as the double 0 and 1.0000000000000001 as
+# 1, both held by profiles here; an integer written as a real is that
+# integer exactly, past what a double holds
+
+# init with a body written as it is (numbers JSON::PP cannot write)
+sub init_raw {
+	my ($c, $user_id) = @_;
+	my $url = 'http://site.test/' . uniq_id('page');
+	my $r = $t->request(method => 'POST', path => '/civchat/init',
+		headers => [ 'Content-Type' => 'application/json',
+			defined $c->key ? (Cookie => '__ca__chat=' . $c->key) : () ],
+		body => qq({"apiKey":"TESTKEY","url":"$url","plan":"raw",)
+			. qq("user_id":$user_id}));
+	$c->absorb($r);
+	return ($r, [ $t->read_events(settle => 0.3, match => { url => $url }) ]);
+}
+
+my $one = $t->client();
+$one->init({ user_id => '1' });
+
+for my $text (qw/1e-400 -1e-400 1.0000000000000001 0.99999999999999999
+	1.5 1e-1 12345678901234567.5 9.3e18 -9.3e18 1e300/)
+{
+	$c = $t->client();
+	my $key = $c->init({ plan => 'before' })->key;
+	my ($r, $ev) = init_raw($c, $text);
+	is($r->status, 200, "user_id $text: 200");
+	is($r->ignored_reason('user_id'), 'invalid_value',
+		"user_id $text: ignored, invalid_value");
+	is($r->key, $key, "user_id $text: the same profile");
+	is($r->user->{user_id}, undef, "user_id $text: the profile has none");
+	is(join(',', sort grep { $_ ne 'page_view' } map { $_->{type} } @$ev),
+		'profile_updated', "user_id $text: no other profile, only the "
+		. 'plan changed');
+}
+
+for my $case ([ '42.0', '42' ], [ '4.2e1', '42' ], [ '1e3', '1000' ],
+	[ '-7.0', '-7' ], [ '-0.0', '0' ],
+	[ '9007199254740993.0', '9007199254740993' ],
+	[ '9223372036854775807.0', '9223372036854775807' ],
+	[ '-9.223372036854775808e18', '-9223372036854775808' ])
+{
+	my ($text, $want) = @$case;
+	my ($r) = init_raw($t->client(), $text);
+	is($r->user->{user_id}, $want, "user_id $text: \"$want\"");
+	ok(!defined $r->ignored_reason('user_id'), "user_id $text: not ignored");
+}
+
 # labels as names
 
 $c = $t->client();

@@ -8,7 +8,9 @@
 # in error.log; reloading nginx with the right URL delivers them all.  A
 # full spool answers 503 store_unavailable with Retry-After (on_full=
 # reject), or 200 and drops (on_full=drop); the events accepted before
-# the spool filled are not lost either.
+# the spool filled are not lost either.  A batch a crashed worker left
+# half-written (.tmp) never counts against spool_size, and its whole
+# lines are kept once that worker is gone; a live worker's is left alone.
 
 ###############################################################################
 
@@ -23,6 +25,7 @@ use lib 'lib';
 use Civchat;
 use Civchat::ClickHouse;
 
+use POSIX ();
 use Time::HiRes qw/sleep time/;
 
 select STDERR; $| = 1;
@@ -38,11 +41,13 @@ $ch->start()->load_schema();
 
 my $good = $ch->store_url();
 my $bad = $ch->store_url('civchat.nosuch');
-# two closed ports, to tell the two locations apart in error.log
-my ($closed, $closed2) = Civchat::ClickHouse::free_ports(2);
+# closed ports, to tell the locations apart in error.log
+my ($closed, $closed2, $closed3) = Civchat::ClickHouse::free_ports(3);
 my $down = "http://127.0.0.1:$closed/?query=INSERT%20INTO%20civchat.events"
 	. "%20FORMAT%20JSONEachRow";
 my $down2 = "http://127.0.0.1:$closed2/?query=INSERT%20INTO%20civchat.events"
+	. "%20FORMAT%20JSONEachRow";
+my $down3 = "http://127.0.0.1:$closed3/?query=INSERT%20INTO%20civchat.events"
 	. "%20FORMAT%20JSONEachRow";
 
 my $conf = <<'EOF';
@@ -85,6 +90,14 @@ http {
                              spool=%%TESTDIR%%/spool_drop spool_size=4k
                              on_full=drop;
         }
+
+        location /crash/ {
+            civchat          zone=users;
+            civchat_api_key  CRASH;
+            civchat_store    CRASH_URL batch=1 flush=100ms retry=500ms
+                             spool=%%TESTDIR%%/spool_crash spool_size=16k
+                             on_full=reject;
+        }
     }
 }
 
@@ -93,14 +106,43 @@ EOF
 sub conf {
 	my (%url) = @_;
 	my $c = $conf;
-	$c =~ s/(BAD_URL|FULL_URL|DOWN_URL)/$url{$1}/g;
+	$url{CRASH_URL} //= $down3;
+	$c =~ s/(BAD_URL|FULL_URL|DOWN_URL|CRASH_URL)/$url{$1}/g;
 	return $c;
 }
 
+my $d = $t->testdir();
+
+# what workers left in a spool: a batch whose worker died while writing
+# it (two whole lines, then the start of a third), one that died before
+# a whole line, and a batch that a live process is still writing (78k,
+# five times spool_size, so that the spool is full if it counts)
+
+my $dead = fork() // die "fork: $!\n";
+POSIX::_exit(0) if $dead == 0;
+waitpid($dead, 0);
+
+my $live = fork() // die "fork: $!\n";
+if ($live == 0) {
+	sleep 1 while 1;
+}
+
+my $ev_line = '{"id":"%032d","site":"CRASH","type":"page_view"}' . "\n";
+
+mkdir("$d/spool_crash") or die "spool_crash: $!\n";
+my %crash = (
+	half => "1700000000000-$dead-000000.ndjson",
+	nothing => "1700000000001-$dead-000001.ndjson",
+	busy => "1700000000002-$live-000000.ndjson",
+);
+$t->write_file("spool_crash/$crash{half}.tmp",
+	sprintf($ev_line, 1) . sprintf($ev_line, 2) . '{"id":"0000');
+$t->write_file("spool_crash/$crash{nothing}.tmp", '{"id":"0000');
+$t->write_file("spool_crash/$crash{busy}.tmp",
+	join('', map { sprintf($ev_line, $_) } 1 .. 1200));
+
 $t->config(conf(BAD_URL => $bad, FULL_URL => $down, DOWN_URL => $down2))
 	->run();
-
-my $d = $t->testdir();
 
 # spooled batches and the events in them (files being sent included)
 
@@ -264,6 +306,62 @@ is_deeply(\%status, { 200 => 300 }, 'drop: all 300 answered 200');
 is_deeply([$t->worker_pids()], \@pids, 'drop: the same workers');
 cmp_ok((spool('spool_drop'))[1], '>', 0, 'drop: the spool was used');
 cmp_ok((spool('spool_drop'))[1], '<', 300, 'drop: some were dropped');
+
+###############################################################################
+
+# a crash's leftovers: cleaned up at start, the live writer's left alone
+# and never counted against spool_size
+
+# the batch (or the name a worker gives it while it tries to send it)
+sub crash_batch {
+	my ($name) = @_;
+	opendir(my $dh, "$d/spool_crash") or return;
+	my ($f) = grep { /^\Q$name\E(\.\d+\.sending)?$/ } readdir $dh;
+	closedir $dh;
+	return $f && $t->read_file("spool_crash/$f");
+}
+
+ok(!-e "$d/spool_crash/$crash{half}.tmp", 'crash: the unfinished batch '
+	. 'is gone');
+is(crash_batch($crash{half}), sprintf($ev_line, 1) . sprintf($ev_line, 2),
+	'crash: its whole lines are a batch of the spool, the cut one is not');
+ok(!-e "$d/spool_crash/$crash{nothing}.tmp",
+	'crash: a batch without a whole line is removed');
+ok(-e "$d/spool_crash/$crash{busy}.tmp",
+	'crash: the batch a live process writes is left alone');
+
+$c = $t->client(base => '/crash/', api_key => 'CRASH');
+%status = ();
+$status{$c->page_hit({ title => "crash $_" })->status}++ for 1 .. 4;
+is_deeply(\%status, { 200 => 4 }, 'crash: the store is down and the '
+	. 'spool takes the batches: what is being written does not fill it');
+
+# 5 events (user_created, then 4 page views) beside the 2 kept and the
+# 1200 lines being written
+
+$deadline = time() + 5;
+sleep 0.1 while (spool('spool_crash'))[1] < 1200 + 2 + 5
+	&& time() < $deadline;
+is((spool('spool_crash'))[1], 1200 + 2 + 5,
+	'crash: the new events are spooled');
+
+# the writer dies: its whole lines are kept too
+
+kill('KILL', $live);
+waitpid($live, 0);
+
+$deadline = time() + 5;
+sleep 0.1 while -e "$d/spool_crash/$crash{busy}.tmp" && time() < $deadline;
+ok(!-e "$d/spool_crash/$crash{busy}.tmp", 'crash: once its writer is '
+	. 'gone, the other is cleaned up too');
+is(length(crash_batch($crash{busy}) // ''),
+	1200 * length(sprintf($ev_line, 1)), 'crash: all its lines kept');
+
+$log = $t->read_file('error.log');
+like($log, qr/\[notice\].*kept the whole lines of "[^"]*\Q$crash{half}.tmp"/,
+	'crash: the kept batch is logged');
+like($log, qr/\[notice\].*removed "[^"]*\Q$crash{nothing}.tmp"/,
+	'crash: the removed one too');
 
 ###############################################################################
 
