@@ -12,8 +12,10 @@ export NGINX_SRC BUILD
 
 all: $(MODULE)
 
+# widget.js minified (esbuild) into widget/widget.min.js and its source
+# map, and compiled into the module as that header; all three committed
 $(WIDGET_H): widget/widget.js util/gen-widget.pl
-	perl util/gen-widget.pl widget/widget.js $@
+	perl util/gen-widget.pl widget/widget.js $@ widget/widget.min.js
 
 $(MODULE): $(SOURCES) $(WIDGET_H) util/build.sh
 	sh util/build.sh

@@ -61,6 +61,7 @@ typedef struct ngx_http_civchat_sink_s   ngx_http_civchat_sink_t;
 typedef struct ngx_http_civchat_profile_s  ngx_http_civchat_profile_t;
 typedef struct ngx_http_civchat_geoip_s  ngx_http_civchat_geoip_t;
 typedef struct ngx_http_civchat_http_s   ngx_http_civchat_http_t;
+typedef struct ngx_http_civchat_widget_s  ngx_http_civchat_widget_t;
 
 
 /* what a store has done, shared by the workers (status.c) */
@@ -319,6 +320,7 @@ typedef struct {
     ngx_str_t                     greeting;
     ngx_str_t                     widget_base;
     time_t                        widget_max_age;
+    ngx_http_civchat_widget_t    *widget;         /* widget.js, made once */
     time_t                        session_timeout;
 
     ngx_str_t                     location;       /* clcf->name */
@@ -586,6 +588,8 @@ void ngx_http_civchat_live_exit_process(ngx_http_civchat_zone_t *zone);
 ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
 
 /* widget.c */
+ngx_int_t ngx_http_civchat_widget_init(ngx_conf_t *cf,
+    ngx_http_civchat_loc_conf_t *lcf);
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
 

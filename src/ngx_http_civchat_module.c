@@ -337,6 +337,7 @@ ngx_http_civchat_create_loc_conf(ngx_conf_t *cf)
      *     conf->greeting = { 0, NULL };
      *     conf->widget_base = { 0, NULL };
      *     conf->location = { 0, NULL };
+     *     conf->widget = NULL;
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -437,6 +438,10 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"civchat\" in location \"%V\" needs at least "
                            "one \"civchat_api_key\"", &conf->location);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_civchat_widget_init(cf, conf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 

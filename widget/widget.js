@@ -1,6 +1,8 @@
 /*
  * civchat widget.js, the browser side of ngx_http_civchat_module: see the
- * README, "The widget".  ES5, no build step, no dependencies, no eval.
+ * README, "The widget".  ES5, no dependencies, no eval; "make" minifies
+ * it (esbuild) into widget.min.js and its source map, which the module
+ * serves.
  * The stub for userengage() calls made before this script has loaded:
  *
  *   window.userengage=window.userengage||function(){(userengage.q=userengage.q||[]).push(arguments)};
@@ -22,9 +24,10 @@
 
     /* 1. state and small helpers ------------------------------------- */
 
-    /* The module writes its location's absolute base here: a copy from
-     * a tag manager or with no currentScript finds it too. */
-    var BASE = "%%CIVCHAT_BASE%%";
+    /* The module writes its location's endpoint base here: its path
+     * ("/civchat/"), or civchat_widget_base.  A copy served as a plain
+     * file keeps the marker.  See base(). */
+    var SERVED = "%%CIVCHAT_BASE%%";
 
     var KEY_ITEM = 'civchat_key';
     var KEY_RE = /^[A-Za-z0-9]{12,32}$/;
@@ -33,22 +36,16 @@
     var WAIT_MS = 10000;        /* longest wait for window.civchat... */
     var WAIT_AFTER_LOAD = 1000; /* ...or this long after window load */
 
+    /* This script's URL and tag, known only while it first runs (a
+     * loader that evaluates its text leaves currentScript null). */
+    var ME = document.currentScript;
+    var SRC = ME && ME.src || '';
+    var TAG = ME || document.querySelector('script[data-civchat-base]');
+    var ATTR = TAG && TAG.getAttribute('data-civchat-base') || '';
+
     var S;                      /* the running instance, see fresh() */
     var UE;
     var memKey = null;          /* the key, if localStorage is blocked */
-
-    /* Served as a plain file, not by the module: use its directory. */
-    if (BASE.charAt(0) === '%') {
-        BASE = (document.currentScript && document.currentScript.src ||
-                '/civchat/').replace(/[?#].*$/, '').replace(/[^\/]*$/, '');
-    }
-
-    /* Cross-origin the HttpOnly cookie is another site's: the answers'
-     * key is kept in localStorage and sent as "key"; bodies go as
-     * text/plain, a CORS request with no preflight (still JSON). */
-    var CROSS = /^https?:/.test(BASE) &&
-        BASE.indexOf(location.protocol + '//' + location.host + '/') !== 0;
-    var TYPE = CROSS ? 'text/plain' : 'application/json';
 
     function fresh() {
         return {
@@ -88,6 +85,38 @@
         var c = window.civchat;
 
         return isObj(c) ? c : {};
+    }
+
+    /* The endpoint base, absolute, ending in "/": civchat.base, else the
+     * script tag's data-civchat-base (both against the page), else the
+     * base the module wrote in (against this script's URL, else the
+     * page's); a copy not served by the module uses its own directory. */
+    function base() {
+        var b = config().base, from = location.href, u;
+
+        if (typeof b !== 'string' || !b) {
+            b = ATTR;
+        }
+        if (!b) {
+            b = SERVED.indexOf('%%') === 0 ? (SRC ? './' : '/civchat/')
+                                            : SERVED;
+            from = SRC || from;
+        }
+        try {
+            u = new URL(b, from).href;
+        } catch (e) {
+            u = b;              /* no URL(): as written */
+        }
+        u = u.replace(/[?#].*$/, '');
+        return /\/$/.test(u) ? u : u + '/';
+    }
+
+    /* Cross-origin the HttpOnly cookie is another site's: the answers'
+     * key is kept in localStorage and sent as "key"; bodies go as
+     * text/plain, a CORS request with no preflight (still JSON). */
+    function cross() {
+        return base().indexOf(location.protocol + '//' + location.host +
+                              '/') !== 0;
     }
 
     /* A shallow copy of data's own fields; functions never travel. */
@@ -145,7 +174,7 @@
     }
 
     function saveKey(k) {
-        if (CROSS && KEY_RE.test(k)) {
+        if (cross() && KEY_RE.test(k)) {
             memKey = k;
             try {
                 window.localStorage.setItem(KEY_ITEM, k);
@@ -236,7 +265,7 @@
     }
 
     function encode(path, body) {
-        var k = path === 'init' && linkKey() || CROSS && readKey();
+        var k = path === 'init' && linkKey() || cross() && readKey();
 
         if (k) {
             body.key = k;
@@ -259,9 +288,12 @@
             done(null);
             return;
         }
-        transmit(BASE + path, text, TYPE, function (status, answerText) {
-            answer(path, status, answerText, done);
-        });
+        var url = base() + path;
+
+        transmit(url, text, cross() ? 'text/plain' : 'application/json',
+                 function (status, answerText) {
+                     answer(path, url, status, answerText, done);
+                 });
     }
 
     /* POSTs text, then done(status, answer), status 0 if unreachable;
@@ -291,15 +323,11 @@
         });
     }
 
-    function answer(path, status, text, done) {
+    function answer(path, url, status, text, done) {
         var data = parse(text), i, ign;
 
         if (status < 200 || status > 299) {
-            /* validation errors name the field in the server's detail */
-            say('error', path + ' failed: ' + (status ?
-                (data.detail || 'HTTP ' + status) +
-                (data.error ? ' (' + data.error + ')' : '') :
-                'could not reach ' + BASE + path));
+            say('error', path + ' failed: ' + failure(url, status, data));
             done(null);
             return;
         }
@@ -318,9 +346,28 @@
         done(data);
     }
 
+    /* What went wrong, with the URL: civchat's own errors name the field
+     * in their detail; any other answer is not a civchat endpoint. */
+    function failure(url, status, data) {
+        if (!status) {
+            return 'could not reach ' + url + ' (offline, blocked by the ' +
+                   'browser, or a site civchat_allow_origin does not list)';
+        }
+        if (data.error) {
+            return (data.detail || 'HTTP ' + status) + ' (' + data.error +
+                   ') at ' + url;
+        }
+        return 'HTTP ' + status + ' at ' + url + ': not a civchat ' +
+            'endpoint; ' + (SERVED.indexOf('%%') === 0 ?
+            'this widget.js is a copy not served by civchat, so name its ' +
+            'endpoint: data-civchat-base="/civchat/" on the script tag or ' +
+            'civchat.base' : 'data-civchat-base on the script tag or ' +
+            'civchat.base names the civchat location');
+    }
+
     /* Fire and forget while the page goes away. */
     function beacon(path, body) {
-        var url = BASE + path, text = encode(path, body);
+        var url = base() + path, text = encode(path, body);
 
         if (text === null) {
             return;
@@ -365,8 +412,8 @@
                 s.live.close();
             }
             s.liveKey = key;
-            s.live = new window.EventSource(BASE + 'stream' +
-                (CROSS ? '?key=' + key : ''), { withCredentials: true });
+            s.live = new window.EventSource(base() + 'stream' +
+                (cross() ? '?key=' + key : ''), { withCredentials: true });
             s.live.addEventListener('message', function (e) {
                 var text = parse(e.data).content;
 
