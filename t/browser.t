@@ -68,6 +68,13 @@ find({ no_chdir => 1, wanted => sub {
 	$t->write_file_expand("html/$rel", $t->read_file($_));
 } }, $pages);
 
+# a site's own copies of the script, as sites keep them (README,
+# "Self-hosted copy")
+
+make_path($t->testdir() . '/html/assets/js');
+$t->write_file("html/assets/js/$_", $t->read_file("$repo/widget/$_"))
+	for qw/widget.js widget.min.js/;
+
 $t->config(<<'EOF')->run();
 
 %%TEST_GLOBALS%%

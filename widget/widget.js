@@ -56,6 +56,8 @@
             lastUrl: '',        /* of the last page view */
             waited: 0,          /* ms spent waiting for window.civchat */
             sinceLoad: 0,       /* ...of them after window load */
+            gaveUp: false,      /* said it is missing; watch() goes on */
+            watch: null,        /* the setter of the accessor, see watch() */
             waiting: [],        /* API calls made before init answered */
             queue: [],          /* requests not sent yet, one at a time */
             busy: false,
@@ -350,19 +352,17 @@
      * in their detail; any other answer is not a civchat endpoint. */
     function failure(url, status, data) {
         if (!status) {
-            return 'could not reach ' + url + ' (offline, blocked by the ' +
-                   'browser, or a site civchat_allow_origin does not list)';
+            return 'could not reach ' + url + ' (offline, blocked, or a ' +
+                   'site civchat_allow_origin does not list)';
         }
         if (data.error) {
             return (data.detail || 'HTTP ' + status) + ' (' + data.error +
                    ') at ' + url;
         }
         return 'HTTP ' + status + ' at ' + url + ': not a civchat ' +
-            'endpoint; ' + (SERVED.indexOf('%%') === 0 ?
-            'this widget.js is a copy not served by civchat, so name its ' +
-            'endpoint: data-civchat-base="/civchat/" on the script tag or ' +
-            'civchat.base' : 'data-civchat-base on the script tag or ' +
-            'civchat.base names the civchat location');
+            'endpoint; name it with data-civchat-base="/civchat/" on the ' +
+            'script tag or civchat.base' + (SERVED.indexOf('%%') === 0 ?
+            ' (this widget.js is a copy civchat does not serve)' : '');
     }
 
     /* Fire and forget while the page goes away. */
@@ -753,8 +753,11 @@
             request('event', body);
 
         } else if (name === 'product_event' || name === 'client.update') {
-            request(name === 'client.update' ? 'update' : name,
-                    makeBody(data));
+            body = makeBody(data);
+            if (isObj(data) && typeof data.url === 'string' && data.url) {
+                body.url = data.url;    /* a product's page: the caller's */
+            }
+            request(name === 'client.update' ? 'update' : name, body);
 
         } else if (WIDGET.hasOwnProperty(name)) {
             WIDGET[name]();
@@ -807,6 +810,7 @@
         S.destroyed = true;
         UE.isReady = false;
         clearTimeout(S.timer);
+        unwatch();
         if (S.live) {
             S.live.close();
         }
@@ -910,6 +914,7 @@
         } catch (e) { /* no Intl */ }
 
         s.started = true;
+        unwatch();
         s.lastUrl = body.url;
         request('init', body, function (data) {
             var w = data && isObj(data.widget) ? data.widget : {};
@@ -930,8 +935,11 @@
         });
     }
 
-    /* window.civchat may be defined after this script ran: wait a while,
-     * then say once that it is missing and send nothing. */
+    /* window.civchat may be defined after this script ran: a short wait
+     * (until 1 s after the load event, 10 s at most) for an apiKey added
+     * to an object already there, then the console says once that it is
+     * missing; an assignment of window.civchat, whenever it comes, is
+     * noticed by watch() ("set"). */
     function check(now) {
         var s = S, c = window.civchat;
 
@@ -939,7 +947,11 @@
             return;
         }
         if (isObj(c) && c.apiKey) {
+            clearTimeout(s.timer);
             init();
+            return;
+        }
+        if (now === 'set' || s.gaveUp && now !== true) {
             return;
         }
         if (now !== true) {
@@ -951,12 +963,52 @@
         if (now === true || s.waited >= WAIT_MS ||
             s.sinceLoad >= WAIT_AFTER_LOAD)
         {
-            say('error', 'window.civchat.apiKey is required: not started');
+            say('error', 'window.civchat.apiKey is required: nothing is ' +
+                         'sent until window.civchat has it');
+            s.gaveUp = true;
             s.settled = true;   /* calls with their own apiKey still go */
             replay();
             return;
         }
         s.timer = setTimeout(check, 100);
+    }
+
+    /* An accessor on window notices window.civchat assigned at any time
+     * (after a login call, by a user script, seconds after load); the
+     * value stays readable and replaceable, and it is a plain property
+     * again once init has gone or the widget is destroyed.  A page that
+     * declared "var civchat" cannot be watched: the short wait only. */
+    function watch() {
+        var s = S, value = window.civchat;
+
+        function set(v) {
+            value = v;
+            setTimeout(function () { check('set'); }, 0);
+        }
+
+        try {
+            Object.defineProperty(window, 'civchat', {
+                configurable: true,
+                enumerable: true,
+                get: function () { return value; },
+                set: set
+            });
+            s.watch = set;
+        } catch (e) { /* not configurable */ }
+    }
+
+    function unwatch() {
+        var s = S, d = Object.getOwnPropertyDescriptor(window, 'civchat');
+
+        if (s.watch && d && d.set === s.watch) {
+            Object.defineProperty(window, 'civchat', {
+                configurable: true,
+                enumerable: true,
+                writable: true,
+                value: d.get()
+            });
+        }
+        s.watch = null;
     }
 
     function start() {
@@ -972,6 +1024,9 @@
         });
 
         check();
+        if (!S.started) {
+            watch();
+        }
     }
 
     window.__civchat_widget__ = {
