@@ -1370,9 +1370,28 @@ scenario('host CSS restyling everything', async (T) => {
 /* the demo, with a screenshot kept as an artifact ------------------------ */
 
 scenario('demo screenshot', async (T) => {
+    /* here, as on a site, a headless browser is a bot (make run's demo
+     * lets it in, t/demo.t): the banner says what init answered and
+     * claims no key */
+    const other = await T.ctx.browser().newContext({ userAgent:
+        'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like ' +
+        'Gecko) HeadlessChrome/120.0.0.0 Safari/537.36' });
+    try {
+        const q = new Page(other, await other.newPage());
+        await q.page.goto(ORIGIN + '/demo/index.html');
+        await until(() => q.page.locator('#status.ok').count());
+        const banner = await q.page.locator('#status').textContent();
+        T.ok(/answered as a bot/.test(banner) && !/cookie/.test(banner),
+             'a bot: the demo banner says so and claims no key', banner);
+    } finally {
+        await other.close();
+    }
+
     const p = await T.open('/demo/index.html');
     T.ok(await until(() => p.page.locator('#status.ok').count()),
          'the demo page loads the widget');
+    T.ok(/HttpOnly cookie/.test(await p.page.locator('#status')
+        .textContent()), 'a visitor: the banner says where the key is');
     await p.page.click('#btn-event');
     T.ok((await events({ type: 'event', name: 'demo_click',
                          url: ORIGIN + '/demo/index.html' })).length,
