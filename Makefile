@@ -8,12 +8,14 @@ SOURCES   := $(wildcard src/*.c src/*.h) config
 
 export NGINX_SRC BUILD
 
-.PHONY: all deps run test test-asan test-valgrind clean
+.PHONY: all deps run test test-asan test-valgrind deb clean
 
 all: $(MODULE)
 
+# widget.js minified (esbuild) into widget/widget.min.js and its source
+# map, and compiled into the module as that header; all three committed
 $(WIDGET_H): widget/widget.js util/gen-widget.pl
-	perl util/gen-widget.pl widget/widget.js $@
+	perl util/gen-widget.pl widget/widget.js $@ widget/widget.min.js
 
 $(MODULE): $(SOURCES) $(WIDGET_H) util/build.sh
 	sh util/build.sh
@@ -27,6 +29,23 @@ run: deps all
 
 test: deps all t/browser/node_modules/.package-lock.json
 	prove -r t/
+
+# The Debian package libnginx-mod-http-civchat (debian/), built with
+# debhelper from a copy of the sources in build/deb/ (dpkg-buildpackage
+# writes beside its source tree) and none of this make's variables; the
+# .deb lands in build/deb/.
+DEB_DIR := $(BUILD)/deb
+
+deb: deps
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/civchat
+	cp -a config src util widget debian conf.example README.md \
+	    $(DEB_DIR)/civchat/
+	cd $(DEB_DIR)/civchat && env -u MAKEFLAGS -u MAKELEVEL -u BUILD \
+	    -u NGINX_SRC dpkg-buildpackage -b -us -uc \
+	    >$(DEB_DIR)/build.log 2>&1 \
+	    || { tail -n 30 $(DEB_DIR)/build.log; exit 1; }
+	@ls $(DEB_DIR)/*.deb
 
 # playwright-core for the browser tests (t/browser.t), as locked
 t/browser/node_modules/.package-lock.json: t/browser/package-lock.json

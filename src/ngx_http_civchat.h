@@ -96,6 +96,7 @@ typedef struct ngx_http_civchat_sink_s   ngx_http_civchat_sink_t;
 typedef struct ngx_http_civchat_profile_s  ngx_http_civchat_profile_t;
 typedef struct ngx_http_civchat_geoip_s  ngx_http_civchat_geoip_t;
 typedef struct ngx_http_civchat_http_s   ngx_http_civchat_http_t;
+typedef struct ngx_http_civchat_widget_s  ngx_http_civchat_widget_t;
 
 
 /* what a store has done, shared by the workers (status.c) */
@@ -451,6 +452,7 @@ typedef struct {
     ngx_str_t                     greeting;
     ngx_str_t                     widget_base;
     time_t                        widget_max_age;
+    ngx_http_civchat_widget_t    *widget;         /* widget.js, made once */
     time_t                        session_timeout;
 
     ngx_uint_t                    stream_per_key;
@@ -955,6 +957,8 @@ json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
     json_t *header, const char **err);
 
 /* widget.c */
+ngx_int_t ngx_http_civchat_widget_init(ngx_conf_t *cf,
+    ngx_http_civchat_loc_conf_t *lcf);
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
 

@@ -366,6 +366,7 @@ ngx_http_civchat_create_loc_conf(ngx_conf_t *cf)
      *     conf->location = { 0, NULL };
      *     conf->identity = NULL;
      *     conf->identity_set = 0;
+     *     conf->widget = NULL;
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -489,6 +490,10 @@ ngx_http_civchat_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         /* nginx -t says so once, at the end (ngx_http_civchat_init()) */
         mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_civchat_module);
         mcf->unverified_locations++;
+    }
+
+    if (ngx_http_civchat_widget_init(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     return ngx_http_civchat_merge_zone(cf, conf);

@@ -6,13 +6,14 @@
 # driven by playwright-core (t/browser/run.js), against nginx with the
 # built module.  This file starts nginx with the test pages of
 # t/browser/pages/ (a second server on another loopback port is the
-# "other site" of the cross-origin case), checks the served script (up to
-# date, its endpoint base written in, under 10 KB gzipped), then runs the
-# browser scenarios, each of which prints one JSON line per check, turned
-# here into ok / not ok.  The server API location (/civchat-api/) lets
-# them send messages and payloads to a visitor's live channel; one
-# scenario reloads nginx (the master's pid is passed) to see the browser
-# reconnect.  The demo screenshot is kept in build/browser/.
+# "other site" of the cross-origin case), checks the served script (the
+# minified build, up to date, its endpoint base written in, at most 6 KB
+# gzipped), then runs the browser scenarios, each of which prints one
+# JSON line per check, turned here into ok / not ok.  The server API
+# location (/civchat-api/) lets them send messages and payloads to a
+# visitor's live channel; one scenario reloads nginx (the master's pid
+# is passed) to see the browser reconnect.  The demo screenshot is kept
+# in build/browser/.
 #
 # Needs node, /usr/bin/chromium and t/browser/node_modules (make test
 # installs them: util/deps.sh and npm ci); skipped without them.
@@ -32,6 +33,7 @@ use Civchat qw/json_decode/;
 
 use File::Find qw/find/;
 use File::Path qw/make_path/;
+use IO::Uncompress::Gunzip qw/gunzip/;
 
 select STDERR; $| = 1;
 select STDOUT; $| = 1;
@@ -40,6 +42,7 @@ select STDOUT; $| = 1;
 
 my $t = Civchat->new()->need_module();
 my $repo = $t->repo();
+my $src = $t->read_file("$repo/widget/widget.js");
 
 my $chromium = $ENV{CIVCHAT_CHROMIUM} // '/usr/bin/chromium';
 my $node = `command -v node 2>/dev/null`;
@@ -64,6 +67,13 @@ find({ no_chdir => 1, wanted => sub {
 	make_path($dir);
 	$t->write_file_expand("html/$rel", $t->read_file($_));
 } }, $pages);
+
+# a site's own copies of the script, as sites keep them (README,
+# "Self-hosted copy")
+
+make_path($t->testdir() . '/html/assets/js');
+$t->write_file("html/assets/js/$_", $t->read_file("$repo/widget/$_"))
+	for qw/widget.js widget.min.js/;
 
 $t->config(<<'EOF')->run();
 
@@ -131,35 +141,59 @@ EOF
 
 ###############################################################################
 
-# the served script: the current widget/widget.js with the endpoint base
-# written in once
+# the served script: esbuild's minified widget/widget.min.js with the
+# endpoint base written in once; widget.min.js, its source map and the
+# header compiled into the module are what util/gen-widget.pl makes from
+# widget/widget.js now (the browser scenarios below then run the minified
+# script)
 
-my $base = 'http://127.0.0.1:' . $t->port(0) . '/civchat/';
-my $src = $t->read_file("$repo/widget/widget.js");
+my $base = '/civchat/';
+my $min = $t->read_file("$repo/widget/widget.min.js");
 my $r = $t->get('/civchat/widget.js');
 
 is($r->status, 200, 'widget.js served');
 like($r->header('Content-Type') // '', qr{javascript}, 'widget.js type');
 
-(my $want = $src) =~ s/%%CIVCHAT_BASE%%/$base/;
-ok($r->body eq $want, 'served widget.js is widget/widget.js with the base')
+(my $want = $min // '') =~ s/%%CIVCHAT_BASE%%/$base/;
+ok(defined $min && $r->body eq $want,
+	'served widget.js is widget/widget.min.js with the base')
 	or diag('rebuild the module (make): the served script differs');
 
-# the header committed beside widget.js is the one gen-widget.pl makes
+my $gen = $t->testdir() . '/gen';
+mkdir($gen);
+system('perl', "$repo/util/gen-widget.pl", "$repo/widget/widget.js",
+	"$gen/widget_js.h", "$gen/widget.min.js") == 0
+	or diag('util/gen-widget.pl failed');
 
-my $h = $t->testdir() . '/widget_js.h';
-system('perl', "$repo/util/gen-widget.pl", "$repo/widget/widget.js", $h);
-ok(($t->read_file($h) // 'a') eq
-	($t->read_file("$repo/src/ngx_http_civchat_widget_js.h") // 'b'),
-	'src/ngx_http_civchat_widget_js.h is up to date with widget.js');
+for my $f (['widget_js.h', 'src/ngx_http_civchat_widget_js.h'],
+	['widget.min.js', 'widget/widget.min.js'],
+	['widget.min.js.map', 'widget/widget.min.js.map'])
+{
+	ok(($t->read_file("$gen/$f->[0]") // 'a')
+		eq ($t->read_file("$repo/$f->[1]") // 'b'),
+		"$f->[1] is up to date with widget/widget.js (make)");
+}
 
-# under 10 KB gzipped as served, by nginx's gzip at its default (and
-# lowest) gzip_comp_level 1
+# the map leads back to the readable source beside it
+
+my $map = json_decode($t->read_file("$repo/widget/widget.min.js.map")
+	// '{}');
+is_deeply([$map->{sources}, $map->{file}], [['widget.js'], 'widget.min.js'],
+	'the source map maps widget.min.js to widget.js');
+cmp_ok(length($min // ''), '<', length($src // '') / 2,
+	'minified: under half the source (' . length($min // '') . ' of '
+	. length($src // '') . ' bytes)');
+
+# gzipped as served, at most 6 KB, in this location where the site has
+# nginx's own gzip on too: one encoding, of the same script
 
 $r = $t->get('/civchat/widget.js', 'Accept-Encoding' => 'gzip');
-is($r->header('Content-Encoding'), 'gzip', 'widget.js gzipped by nginx');
-cmp_ok(length($r->body), '<', 10240, 'widget.js under 10 KB gzipped as '
-	. 'served (gzip_comp_level 1): ' . length($r->body) . ' bytes');
+is($r->header('Content-Encoding'), 'gzip', 'widget.js gzipped');
+cmp_ok(length($r->body), '<=', 6144, 'widget.js at most 6 KB gzipped as '
+	. 'served: ' . length($r->body) . ' bytes');
+my $plain = '';
+gunzip(\$r->body => \$plain);
+ok($plain eq $want, 'gzipped once: it unzips to the script');
 
 ###############################################################################
 

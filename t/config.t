@@ -4,7 +4,9 @@
 
 # Tests for the configuration: bad directives make "nginx -t" fail with a
 # clear [emerg] naming the problem; good ones pass; conf.example passes
-# "nginx -t" once its paths point into the test directory.
+# "nginx -t" once its paths point into the test directory, as it is (no
+# GeoIP database, as on a stock machine) and with its commented
+# civchat_geoip line enabled.
 
 ###############################################################################
 
@@ -299,52 +301,80 @@ for my $b (@bad) {
 
 ###############################################################################
 
-# conf.example
+# conf.example: as it is (GeoIP commented out, as on a stock machine
+# that has no MaxMind database), then with the civchat_geoip line its
+# comment points at uncommented and a database where it says
 
 my $example = $t->read_file($t->repo . '/conf.example');
 
-SKIP: {
-	skip 'no conf.example at the repository root yet', 3
-		unless defined $example;
+ok(defined $example, 'conf.example exists');
+$example //= '';
 
-	my $d = $t->testdir;
-	my $text = $example;
+unlike($example, qr/^\s*civchat_geoip\b/m,
+	'conf.example: civchat_geoip is commented out');
+my ($geoline) = $example =~ /^\s*# (civchat_geoip\s+\S+[^\n]*;)\s*$/m;
+ok($geoline, 'conf.example: the civchat_geoip line to uncomment');
 
-	# paths into the test directory, free ports, our module
+my $d = $t->testdir;
+
+# paths into the test directory, free ports, our module
+
+sub example {
+	my ($text) = @_;
 
 	$text =~ s{^\s*load_module\s+[^;]+;}{load_module %%MODULE%%;}m
 		or $text = "load_module %%MODULE%%;\n$text";
 	$text =~ s{^(\s*)((?:error_log|pid)\b[^;]*;)}{$1# $2}mg;
 	$text = "pid %%TESTDIR%%/example.pid;\n"
 		. "error_log %%TESTDIR%%/example.log;\n" . $text;
-	$text =~ s{(\s)/(?:var|usr|etc|srv|run|tmp)/[^\s;'"]+}
-		{$1 . "%%TESTDIR%%/ex" . length($`)}ge;
-	$text =~ s{\blisten(\s+)(?:[\d.]+:)?\d+}{listen${1}127.0.0.1:%%PORT_9%%}g;
+	$text =~ s{(\s)/((?:var|usr|etc|srv|run|tmp)/[^\s;'"]+)}
+		{$1%%TESTDIR%%/root/$2}g;
+	$text =~ s{\blisten(\s+)(?:[\d.]+:)?\d+}
+		{listen${1}127.0.0.1:%%PORT_9%%}g;
 
-	# a GeoIP database where the example wants one (made by the
-	# geoip tests' fixture code when it is there, else the directive is
-	# left out: it is checked in t/geoip.t)
+	return $text;
+}
 
-	if ($text =~ /^\s*civchat_geoip\s+(\S+)/m) {
-		my $path = $t->expand($1);
-		my $made = eval {
-			require Civchat::MMDB;
-			Civchat::MMDB::mmdb_write($path, networks => [
-				'81.2.69.0/24' => { country => 'GB', city => 'London',
-					region => 'ENG', tz => 'Europe/London' } ]);
-			-s $path;
-		};
-		$text =~ s/^(\s*civchat_geoip\b)/#$1/m unless $made;
-	}
+# the directories the package makes, the log directory nginx has; an
+# nginx built from upstream source logs to <prefix>/logs/access.log by
+# default (Debian's to /var/log/nginx): that directory too
 
-	# an nginx built from upstream source logs to <prefix>/logs/access.log
-	# by default (Debian's to /var/log/nginx): give it that directory
-	mkdir("$d/logs");
+for my $dir (qw{root root/var root/var/lib root/var/lib/civchat root/var/log
+	root/var/log/nginx logs})
+{
+	mkdir("$d/$dir");
+}
 
-	my ($rc, $out) = $t->test_config($text, 'example.conf');
-	is($rc, 0, 'conf.example passes nginx -t') or diag($out);
-	unlike($out, qr/\[(emerg|alert|crit)\]/, 'conf.example: no errors');
-	like($out, qr/test is successful/, 'conf.example: successful');
+my ($rc, $out) = $t->test_config(example($example), 'example.conf');
+is($rc, 0, 'conf.example passes nginx -t') or diag($out);
+unlike($out, qr/\[(emerg|alert|crit)\]/, 'conf.example: no errors');
+like($out, qr/test is successful/, 'conf.example: successful');
+
+SKIP: {
+	skip 'no civchat_geoip line in conf.example', 2 unless $geoline;
+
+	my $text = $example;
+	$text =~ s/^(\s*)# (civchat_geoip\s)/$1$2/m;
+	$text = example($text);
+
+	my ($path) = $text =~ /^\s*civchat_geoip\s+(\S+)/m;
+	$path = $t->expand($path);
+	system('mkdir', '-p', $path =~ s{/[^/]+$}{}r);
+
+	my $made = eval {
+		require Civchat::MMDB;
+		Civchat::MMDB::mmdb_write($path, networks => [
+			'81.2.69.0/24' => { country => 'GB', city => 'London',
+				region => 'ENG', tz => 'Europe/London' } ]);
+		-s $path;
+	};
+
+	skip 'no MaxMind::DB::Writer to make a database', 2 unless $made;
+
+	($rc, $out) = $t->test_config($text, 'example-geoip.conf');
+	is($rc, 0, 'conf.example with its civchat_geoip line uncommented '
+		. 'passes nginx -t') or diag($out);
+	like($out, qr/test is successful/, 'and a database where it says');
 }
 
 ###############################################################################

@@ -1,18 +1,24 @@
 #!/bin/sh
 # "make run": nginx with the freshly built module and the demo page on
 # http://127.0.0.1:8080/ in the foreground; Ctrl-C stops it.
+#
+#   PORT    the demo's port (default 8080)
+#   RUN     its directory (default build/run)
+#   MODULE, NGINX   the module and nginx (t/demo.t runs the suite's)
 
 set -e
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$top/build}
-run=$build/run
+run=${RUN:-$build/run}
 port=${PORT:-8080}
+module=${MODULE:-$build/ngx_http_civchat_module.so}
 
 nginx=/usr/sbin/nginx
 if [ "$(cat "$build/full" 2>/dev/null)" = yes ]; then
     nginx=$build/nginx/objs/nginx
 fi
+nginx=${NGINX:-$nginx}
 
 mkdir -p "$run/logs" "$run/tmp" "$run/html" "$run/state"
 cp "$top/demo/index.html" "$run/html/index.html"
@@ -37,7 +43,7 @@ if [ "${STORE:-file}" = clickhouse ]; then
 fi
 
 cat > "$run/nginx.conf" <<END
-load_module $build/ngx_http_civchat_module.so;
+load_module $module;
 
 daemon off;
 worker_processes 2;
@@ -78,6 +84,11 @@ http {
             civchat_unified_identification on;
             civchat_authorize_by_email on;
             civchat_attribute plan fixed;
+
+            # the demo is for people and for screenshots: a headless
+            # browser (HeadlessChrome) is on the bot list and would be
+            # answered without a key or a profile
+            civchat_bot_filter off;
         }
     }
 }

@@ -1,6 +1,8 @@
 /*
  * civchat widget.js, the browser side of ngx_http_civchat_module: see the
- * README, "The widget".  ES5, no build step, no dependencies, no eval.
+ * README, "The widget".  ES5, no dependencies, no eval; "make" minifies
+ * it (esbuild) into widget.min.js and its source map, which the module
+ * serves.
  * The stub for userengage() calls made before this script has loaded:
  *
  *   window.userengage=window.userengage||function(){(userengage.q=userengage.q||[]).push(arguments)};
@@ -22,9 +24,10 @@
 
     /* 1. state and small helpers ------------------------------------- */
 
-    /* The module writes its location's absolute base here: a copy from
-     * a tag manager or with no currentScript finds it too. */
-    var BASE = "%%CIVCHAT_BASE%%";
+    /* The module writes its location's endpoint base here: its path
+     * ("/civchat/"), or civchat_widget_base.  A copy served as a plain
+     * file keeps the marker.  See base(). */
+    var SERVED = "%%CIVCHAT_BASE%%";
 
     var KEY_ITEM = 'civchat_key';
     var KEY_RE = /^[A-Za-z0-9]{12,32}$/;
@@ -33,22 +36,16 @@
     var WAIT_MS = 10000;        /* longest wait for window.civchat... */
     var WAIT_AFTER_LOAD = 1000; /* ...or this long after window load */
 
+    /* This script's URL and tag, known only while it first runs (a
+     * loader that evaluates its text leaves currentScript null). */
+    var ME = document.currentScript;
+    var SRC = ME && ME.src || '';
+    var TAG = ME || document.querySelector('script[data-civchat-base]');
+    var ATTR = TAG && TAG.getAttribute('data-civchat-base') || '';
+
     var S;                      /* the running instance, see fresh() */
     var UE;
     var memKey = null;          /* the key, if localStorage is blocked */
-
-    /* Served as a plain file, not by the module: use its directory. */
-    if (BASE.charAt(0) === '%') {
-        BASE = (document.currentScript && document.currentScript.src ||
-                '/civchat/').replace(/[?#].*$/, '').replace(/[^\/]*$/, '');
-    }
-
-    /* Cross-origin the HttpOnly cookie is another site's: the answers'
-     * key is kept in localStorage and sent as "key"; bodies go as
-     * text/plain, a CORS request with no preflight (still JSON). */
-    var CROSS = /^https?:/.test(BASE) &&
-        BASE.indexOf(location.protocol + '//' + location.host + '/') !== 0;
-    var TYPE = CROSS ? 'text/plain' : 'application/json';
 
     function fresh() {
         return {
@@ -59,6 +56,8 @@
             lastUrl: '',        /* of the last page view */
             waited: 0,          /* ms spent waiting for window.civchat */
             sinceLoad: 0,       /* ...of them after window load */
+            gaveUp: false,      /* said it is missing; watch() goes on */
+            watch: null,        /* the setter of the accessor, see watch() */
             waiting: [],        /* API calls made before init answered */
             queue: [],          /* requests not sent yet, one at a time */
             busy: false,
@@ -88,6 +87,38 @@
         var c = window.civchat;
 
         return isObj(c) ? c : {};
+    }
+
+    /* The endpoint base, absolute, ending in "/": civchat.base, else the
+     * script tag's data-civchat-base (both against the page), else the
+     * base the module wrote in (against this script's URL, else the
+     * page's); a copy not served by the module uses its own directory. */
+    function base() {
+        var b = config().base, from = location.href, u;
+
+        if (typeof b !== 'string' || !b) {
+            b = ATTR;
+        }
+        if (!b) {
+            b = SERVED.indexOf('%%') === 0 ? (SRC ? './' : '/civchat/')
+                                            : SERVED;
+            from = SRC || from;
+        }
+        try {
+            u = new URL(b, from).href;
+        } catch (e) {
+            u = b;              /* no URL(): as written */
+        }
+        u = u.replace(/[?#].*$/, '');
+        return /\/$/.test(u) ? u : u + '/';
+    }
+
+    /* Cross-origin the HttpOnly cookie is another site's: the answers'
+     * key is kept in localStorage and sent as "key"; bodies go as
+     * text/plain, a CORS request with no preflight (still JSON). */
+    function cross() {
+        return base().indexOf(location.protocol + '//' + location.host +
+                              '/') !== 0;
     }
 
     /* A shallow copy of data's own fields; functions never travel. */
@@ -145,7 +176,7 @@
     }
 
     function saveKey(k) {
-        if (CROSS && KEY_RE.test(k)) {
+        if (cross() && KEY_RE.test(k)) {
             memKey = k;
             try {
                 window.localStorage.setItem(KEY_ITEM, k);
@@ -238,7 +269,7 @@
     }
 
     function encode(path, body) {
-        var k = CROSS && readKey(), l = path === 'init' && linkKey();
+        var k = cross() && readKey(), l = path === 'init' && linkKey();
 
         if (k) {
             body.key = k;
@@ -263,17 +294,20 @@
             done(null);
             return;
         }
-        transmit(BASE + path, text, TYPE, function (status, answerText) {
-            /* another tab was just given a new key: once more, with it */
-            if (status === 409 && !again &&
-                    parse(answerText).error === 'key_replaced') {
-                delete body.key;
-                delete body.link_key;
-                post(path, body, done, true);
-                return;
-            }
-            answer(path, status, answerText, done);
-        });
+        var url = base() + path;
+
+        transmit(url, text, cross() ? 'text/plain' : 'application/json',
+                 function (status, answerText) {
+                     /* another tab was just given a new key: once more */
+                     if (status === 409 && !again &&
+                             parse(answerText).error === 'key_replaced') {
+                         delete body.key;
+                         delete body.link_key;
+                         post(path, body, done, true);
+                         return;
+                     }
+                     answer(path, url, status, answerText, done);
+                 });
     }
 
     /* POSTs text, then done(status, answer), status 0 if unreachable;
@@ -303,15 +337,11 @@
         });
     }
 
-    function answer(path, status, text, done) {
+    function answer(path, url, status, text, done) {
         var data = parse(text), i, ign;
 
         if (status < 200 || status > 299) {
-            /* validation errors name the field in the server's detail */
-            say('error', path + ' failed: ' + (status ?
-                (data.detail || 'HTTP ' + status) +
-                (data.error ? ' (' + data.error + ')' : '') :
-                'could not reach ' + BASE + path));
+            say('error', path + ' failed: ' + failure(url, status, data));
             done(null);
             return;
         }
@@ -330,9 +360,26 @@
         done(data);
     }
 
+    /* What went wrong, with the URL: civchat's own errors name the field
+     * in their detail; any other answer is not a civchat endpoint. */
+    function failure(url, status, data) {
+        if (!status) {
+            return 'could not reach ' + url + ' (offline, blocked, or a ' +
+                   'site civchat_allow_origin does not list)';
+        }
+        if (data.error) {
+            return (data.detail || 'HTTP ' + status) + ' (' + data.error +
+                   ') at ' + url;
+        }
+        return 'HTTP ' + status + ' at ' + url + ': not a civchat ' +
+            'endpoint; name it with data-civchat-base="/civchat/" on the ' +
+            'script tag or civchat.base' + (SERVED.indexOf('%%') === 0 ?
+            ' (this widget.js is a copy civchat does not serve)' : '');
+    }
+
     /* Fire and forget while the page goes away. */
     function beacon(path, body) {
-        var url = BASE + path, text = encode(path, body);
+        var url = base() + path, text = encode(path, body);
 
         if (text === null) {
             return;
@@ -377,8 +424,8 @@
                 s.live.close();
             }
             s.liveKey = key;
-            s.live = new window.EventSource(BASE + 'stream' +
-                (CROSS ? '?key=' + key : ''), { withCredentials: true });
+            s.live = new window.EventSource(base() + 'stream' +
+                (cross() ? '?key=' + key : ''), { withCredentials: true });
             s.live.addEventListener('message', function (e) {
                 var text = parse(e.data).content;
 
@@ -718,8 +765,11 @@
             request('event', body);
 
         } else if (name === 'product_event' || name === 'client.update') {
-            request(name === 'client.update' ? 'update' : name,
-                    makeBody(data));
+            body = makeBody(data);
+            if (isObj(data) && typeof data.url === 'string' && data.url) {
+                body.url = data.url;    /* a product's page: the caller's */
+            }
+            request(name === 'client.update' ? 'update' : name, body);
 
         } else if (WIDGET.hasOwnProperty(name)) {
             WIDGET[name]();
@@ -772,6 +822,7 @@
         S.destroyed = true;
         UE.isReady = false;
         clearTimeout(S.timer);
+        unwatch();
         if (S.live) {
             S.live.close();
         }
@@ -875,6 +926,7 @@
         } catch (e) { /* no Intl */ }
 
         s.started = true;
+        unwatch();
         s.lastUrl = body.url;
         request('init', body, function (data) {
             var w = data && isObj(data.widget) ? data.widget : {};
@@ -895,8 +947,11 @@
         });
     }
 
-    /* window.civchat may be defined after this script ran: wait a while,
-     * then say once that it is missing and send nothing. */
+    /* window.civchat may be defined after this script ran: a short wait
+     * (until 1 s after the load event, 10 s at most) for an apiKey added
+     * to an object already there, then the console says once that it is
+     * missing; an assignment of window.civchat, whenever it comes, is
+     * noticed by watch() ("set"). */
     function check(now) {
         var s = S, c = window.civchat;
 
@@ -904,7 +959,11 @@
             return;
         }
         if (isObj(c) && c.apiKey) {
+            clearTimeout(s.timer);
             init();
+            return;
+        }
+        if (now === 'set' || s.gaveUp && now !== true) {
             return;
         }
         if (now !== true) {
@@ -916,12 +975,52 @@
         if (now === true || s.waited >= WAIT_MS ||
             s.sinceLoad >= WAIT_AFTER_LOAD)
         {
-            say('error', 'window.civchat.apiKey is required: not started');
+            say('error', 'window.civchat.apiKey is required: nothing is ' +
+                         'sent until window.civchat has it');
+            s.gaveUp = true;
             s.settled = true;   /* calls with their own apiKey still go */
             replay();
             return;
         }
         s.timer = setTimeout(check, 100);
+    }
+
+    /* An accessor on window notices window.civchat assigned at any time
+     * (after a login call, by a user script, seconds after load); the
+     * value stays readable and replaceable, and it is a plain property
+     * again once init has gone or the widget is destroyed.  A page that
+     * declared "var civchat" cannot be watched: the short wait only. */
+    function watch() {
+        var s = S, value = window.civchat;
+
+        function set(v) {
+            value = v;
+            setTimeout(function () { check('set'); }, 0);
+        }
+
+        try {
+            Object.defineProperty(window, 'civchat', {
+                configurable: true,
+                enumerable: true,
+                get: function () { return value; },
+                set: set
+            });
+            s.watch = set;
+        } catch (e) { /* not configurable */ }
+    }
+
+    function unwatch() {
+        var s = S, d = Object.getOwnPropertyDescriptor(window, 'civchat');
+
+        if (s.watch && d && d.set === s.watch) {
+            Object.defineProperty(window, 'civchat', {
+                configurable: true,
+                enumerable: true,
+                writable: true,
+                value: d.get()
+            });
+        }
+        s.watch = null;
     }
 
     function start() {
@@ -937,6 +1036,9 @@
         });
 
         check();
+        if (!S.started) {
+            watch();
+        }
     }
 
     window.__civchat_widget__ = {

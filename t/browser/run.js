@@ -562,6 +562,28 @@ scenario('custom and product events', async (T) => {
     T.ok(ev.length === 1 && ev[0].name === 'add to cart',
          'product_event in the store', show(ev));
 
+    /* a url in the data is the caller's (a product's page), not the
+     * page's */
+    const productUrl = 'https://shop.example.org/p/sku-9?ref=mail';
+    await p.ue('product_event', { product_id: 'sku-9', event_type: 'view',
+                                  url: productUrl });
+    await p.answer('product_event', 2);
+    T.is((p.calls('product_event')[1] || { body: {} }).body.url, productUrl,
+         'product_event: the caller\'s url is sent');
+    ev = await events({ user_key: key, type: 'product_event',
+                        name: 'view' });
+    T.ok(ev.length === 1 && ev[0].url === productUrl,
+         'product_event: and is the event\'s url', show(ev));
+    await p.ue('client.update', { plan: 'url-kept', url: productUrl });
+    await p.answer('update');
+    T.is((p.calls('update')[0] || { body: {} }).body.url, productUrl,
+         'client.update: the caller\'s url is sent');
+    await p.ue('product_event', { product_id: 'sku-10',
+                                  event_type: 'click' });
+    await p.answer('product_event', 3);
+    T.is((p.calls('product_event')[2] || { body: {} }).body.url,
+         p.page.url(), 'without one: the page\'s');
+
     /* a server validation error: its detail reaches the console */
     const direct = await T.ctx.request.post(ORIGIN + '/civchat/product_event',
         { data: { apiKey: 'TESTKEY', product_id: 'sku-2',
@@ -1034,6 +1056,118 @@ scenario('civchat never defined', async (T) => {
     T.ok(await until(() => p.visible('launcher')), 'the launcher shows');
 });
 
+scenario('civchat assigned long after load', async (T) => {
+    const p = await T.open('/later.html?s=' + T.tag);
+
+    /* the wait is over 1 s after the load event: the console says so
+     * once, nothing is sent, and no timer polls any more */
+    await until(() => p.said('error').length, 4000);
+    T.ok(p.said('error').length === 1 &&
+         /apiKey is required/.test(p.said('error')[0]),
+         'missing: one console error', show(p.console));
+    const timers = await p.eval(() => window.__timers);
+    await sleep(700);
+    T.is(await p.eval(() => window.__timers), timers,
+         'no polling while it is missing');
+    T.is(p.posts.length, 0, 'nothing sent before window.civchat exists');
+    T.is(await p.eval(() => window.civchat), undefined,
+         'window.civchat reads undefined meanwhile');
+
+    /* a login call answering 1.5 s after load assigns it */
+    await p.eval(() => window.__login());
+    T.ok(await p.loaded(), 'the assignment is noticed: onLoad');
+    T.is(p.calls('init').length, 1, 'one init');
+    T.is((p.calls('init')[0] || { body: {} }).body.apiKey, 'TESTKEY',
+         'with the assigned apiKey');
+    T.ok(await p.visible('launcher'), 'the launcher shows');
+    T.ok(await p.eval(() => window.civchat === window.__assigned &&
+                            window.civchat.apiKey === 'TESTKEY'),
+         'window.civchat reads the assigned object');
+
+    /* replaceable, and a plain property again once init has gone */
+    T.ok(await p.eval(() => {
+        const d = Object.getOwnPropertyDescriptor(window, 'civchat');
+        return d.writable === true && !d.get && !d.set;
+    }), 'a plain property again after init');
+    await p.eval(() => {
+        window.civchat = { apiKey: 'OTHERKEY', onOpen: __rec('onOpen2') };
+    });
+    await p.ue('widget.open');
+    T.is(await p.count('onOpen2'), 1, 'a replacing object takes effect');
+    await sleep(300);
+    T.is(p.calls('init').length, 1, 'and starts nothing again');
+    T.is(p.errors.length, 0, 'no uncaught error');
+});
+
+scenario('self-hosted copy', async (T) => {
+    /* no endpoint named: it posts beside itself, and the console names
+     * the URL and what to do */
+    let p = await T.open('/selfhost.html?s=' + T.tag);
+    await until(() => p.said('error').length);
+    const err = p.said('error')[0] || '';
+    T.ok(/^civchat: init failed: HTTP 40[45] at /.test(err) &&
+         err.indexOf(ORIGIN + '/assets/js/init') >= 0 &&
+         /not a civchat endpoint/.test(err) &&
+         /data-civchat-base/.test(err) && /civchat\.base/.test(err),
+         'the console error names the URL and the cause', err);
+    T.is(await p.page.locator('#civchat-root').count(), 0, 'no widget');
+
+    /* data-civchat-base on the script tag (the minified copy) */
+    p = await T.open('/selfhost-attr.html?s=' + T.tag);
+    T.ok(await p.loaded(), 'data-civchat-base: initialises');
+    T.is((p.calls('init')[0] || {}).url, ORIGIN + '/civchat/init',
+         'data-civchat-base: talks to the endpoint it names');
+    T.ok(await p.visible('launcher'), 'data-civchat-base: the launcher');
+    await p.ue('event.self_hosted');
+    T.ok((await events({ type: 'event', name: 'self_hosted',
+                         url: p.page.url() })).length,
+         'data-civchat-base: events reach the store');
+    const st = await p.stream();
+    T.is(st.url, ORIGIN + '/civchat/stream', 'and so does the live channel');
+
+    /* civchat.base, without its final slash */
+    p = await T.open('/selfhost-key.html?s=' + T.tag);
+    T.ok(await p.loaded(), 'civchat.base: initialises');
+    T.is((p.calls('init')[0] || {}).url, ORIGIN + '/civchat/init',
+         'civchat.base: talks to the endpoint it names');
+    T.is(p.said('error').length, 0, 'no console error');
+
+    /* the site's copy, civchat on another origin */
+    p = await T.open(CROSS + '/selfhost-cross.html?s=' + T.tag);
+    T.ok(await p.loaded(), 'cross-origin copy: initialises');
+    const init = p.calls('init')[0] || {};
+    const key = ((await p.answer('init')).json || {}).key;
+    T.ok(init.url === ORIGIN + '/civchat/init' &&
+         /^text\/plain/.test(init.contentType),
+         'cross-origin copy: a CORS simple request to civchat', show(init));
+    T.is(await p.eval(() => localStorage.getItem('civchat_key')), key,
+         'cross-origin copy: the key is kept in localStorage');
+});
+
+scenario('a request that fails names its URL', async (T) => {
+    const p = await T.open('/basic.html?s=' + T.tag);
+    await p.loaded();
+    await p.page.route('**/civchat/event', (route) => route.fulfill({
+        status: 404, contentType: 'text/html', body: '<h1>Not Found</h1>'
+    }));
+    await p.ue('event.lost');
+    await until(() => p.said('error').length);
+    const err = p.said('error')[0] || '';
+    T.ok(/^civchat: event failed: HTTP 404 at /.test(err) &&
+         err.indexOf(ORIGIN + '/civchat/event') >= 0 &&
+         /not a civchat endpoint/.test(err) &&
+         /data-civchat-base/.test(err),
+         'an answer that is not civchat\'s: the URL and the cause', err);
+    await p.page.unroute('**/civchat/event');
+    await p.ue('event.   ');
+    await until(() => p.said('error').length >= 2);
+    T.ok(/^civchat: event failed: .*\(invalid_event\) at /.test(
+        p.said('error')[1] || '') && p.said('error')[1].indexOf(
+        ORIGIN + '/civchat/event') >= 0,
+         'civchat\'s own error: its detail and the URL',
+         show(p.said('error')));
+});
+
 scenario('civchat changed at run time', async (T) => {
     const p = await T.open('/basic.html?s=' + T.tag);
     await p.loaded();
@@ -1277,9 +1411,28 @@ scenario('host CSS restyling everything', async (T) => {
 /* the demo, with a screenshot kept as an artifact ------------------------ */
 
 scenario('demo screenshot', async (T) => {
+    /* here, as on a site, a headless browser is a bot (make run's demo
+     * lets it in, t/demo.t): the banner says what init answered and
+     * claims no key */
+    const other = await T.ctx.browser().newContext({ userAgent:
+        'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like ' +
+        'Gecko) HeadlessChrome/120.0.0.0 Safari/537.36' });
+    try {
+        const q = new Page(other, await other.newPage());
+        await q.page.goto(ORIGIN + '/demo/index.html');
+        await until(() => q.page.locator('#status.ok').count());
+        const banner = await q.page.locator('#status').textContent();
+        T.ok(/answered as a bot/.test(banner) && !/cookie/.test(banner),
+             'a bot: the demo banner says so and claims no key', banner);
+    } finally {
+        await other.close();
+    }
+
     const p = await T.open('/demo/index.html');
     T.ok(await until(() => p.page.locator('#status.ok').count()),
          'the demo page loads the widget');
+    T.ok(/HttpOnly cookie/.test(await p.page.locator('#status')
+        .textContent()), 'a visitor: the banner says where the key is');
     await p.page.click('#btn-event');
     T.ok((await events({ type: 'event', name: 'demo_click',
                          url: ORIGIN + '/demo/index.html' })).length,
