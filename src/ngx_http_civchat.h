@@ -632,6 +632,19 @@ typedef struct {
 extern ngx_module_t  ngx_http_civchat_module;
 
 
+/* directive.c: the directives that take more than a stock slot */
+char *ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_civchat_attribute(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_civchat_allow_origin(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_civchat_cookie_domain(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_civchat_identity_secret(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_civchat_stream_limit(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+
 /* endpoint.c */
 const ngx_http_civchat_endpoint_t *ngx_http_civchat_endpoint_info(
     ngx_uint_t endpoint);
