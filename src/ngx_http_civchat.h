@@ -731,8 +731,6 @@ void ngx_http_civchat_plan_prove(ngx_http_civchat_plan_t *plan,
 ngx_int_t ngx_http_civchat_resolve(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_plan_t *plan,
     ngx_http_civchat_record_t *record);
-ngx_int_t ngx_http_civchat_ignore(ngx_pool_t *pool, ngx_array_t *ignored,
-    const char *name, size_t len, const char *reason);
 
 /* zone.c: the only file that takes the zone's lock */
 char *ngx_http_civchat_zone_add(ngx_conf_t *cf,
@@ -773,6 +771,8 @@ ngx_int_t ngx_http_civchat_text_missing(ngx_str_t *into, ngx_str_t *from,
     ngx_str_t *out, ngx_pool_t *pool);
 void ngx_http_civchat_text_find(ngx_str_t *text, const char *quoted,
     size_t len, ngx_str_t *value);
+ngx_int_t ngx_http_civchat_ignore(ngx_pool_t *pool, ngx_array_t *ignored,
+    const char *name, size_t len, const char *reason);
 ngx_int_t ngx_http_civchat_add_event(ngx_pool_t *pool, ngx_array_t *events,
     ngx_uint_t type, ngx_str_t *name, ngx_str_t *attrs);
 ngx_int_t ngx_http_civchat_add_event_json(ngx_http_request_t *r,

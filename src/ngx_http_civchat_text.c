@@ -486,6 +486,32 @@ ngx_http_civchat_text_skip(u_char *p, u_char *last)
 }
 
 
+/* a skipped field of the request: {"name", "reason"} in its answer */
+
+ngx_int_t
+ngx_http_civchat_ignore(ngx_pool_t *pool, ngx_array_t *ignored,
+    const char *name, size_t len, const char *reason)
+{
+    ngx_http_civchat_ignored_t  *ig;
+
+    ig = ngx_array_push(ignored);
+    if (ig == NULL) {
+        return NGX_ERROR;
+    }
+
+    ig->name.data = ngx_pnalloc(pool, len);
+    if (ig->name.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(ig->name.data, name, len);
+    ig->name.len = len;
+    ig->reason = reason;
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 ngx_http_civchat_add_event(ngx_pool_t *pool, ngx_array_t *events,
     ngx_uint_t type, ngx_str_t *name, ngx_str_t *attrs)

@@ -4,8 +4,10 @@
 
 # Tests for the C style of src/*.c and src/*.h (the generated *_js.h
 # aside), after nginx's: no line over 80 columns, no tabs, no trailing
-# spaces, no "//" comments, a newline at the end of the file.  Needs no
-# nginx.
+# spaces, no "//" comments, a newline at the end of the file; and for
+# the shape of the module: no source file over 1,200 lines, and no
+# cycle of calls between the files or of #include among the headers
+# (util/layers.pl).  Needs no nginx.
 
 ###############################################################################
 
@@ -59,6 +61,20 @@ for my $path (@files) {
 	is(join(',', @cr), '', "$name: no carriage returns");
 	ok($text eq '' || substr($text, -1) eq "\n", "$name: ends with a newline");
 }
+
+# the shape: small files, calls in one direction
+
+for my $path (grep { /\.c$/ } @files) {
+	(my $name = $path) =~ s{.*/}{};
+	open(my $fh, '<', $path) or die "$path: $!";
+	my $lines = () = <$fh>;
+	close $fh;
+	cmp_ok($lines, '<=', 1200, "$name: at most 1,200 lines");
+}
+
+my $layers = `perl $FindBin::Bin/../util/layers.pl 2>&1`;
+is($?, 0, 'no cycle of calls between the files, or of includes')
+	or diag($layers);
 
 done_testing();
 
