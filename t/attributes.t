@@ -351,6 +351,33 @@ for my $f (qw/url referrer title/) {
 	ok(!defined $r->ignored_reason($f), "page context $f: not listed");
 }
 
+# a request field spelled otherwise ("URL", "Api Key"...) is read as a
+# name first, then refused as reserved, and said so: never an attribute
+# "url" or "api_key"
+
+for my $case ([ 'URL', 'url' ], [ 'Title', 'title' ],
+	[ 'Referrer', 'referrer' ], [ 'Event', 'event' ],
+	[ 'Api Key', 'api_key' ], [ 'User_Key', 'user_key' ],
+	[ 'APIKEY', 'apikey' ], [ ' Link-Key ', 'link_key' ],
+	[ 'User Hash', 'user_hash' ], [ 'E-mail', 'e_mail' ],
+	[ 'Source Context', 'source_context' ])
+{
+	my ($sent, $name) = @$case;
+	my ($r, $new) = apply({ $sent => 'x', tier => 'kept' });
+	is($new->{tier} && $new->{tier}[0], 'kept', "'$sent': the rest applied");
+
+	if ($name eq 'e_mail') {
+		# not a request field: an ordinary attribute
+		is($new->{e_mail} && $new->{e_mail}[0], 'x', "'$sent': an attribute e_mail");
+		ok(!defined $r->ignored_reason($sent), "'$sent': not ignored");
+		next;
+	}
+
+	ok(!exists $new->{$name}, "'$sent': no attribute '$name'");
+
+	is($r->ignored_reason($sent), 'reserved', "'$sent': ignored, reserved");
+}
+
 # page_views cannot be set through update either
 
 my $c = $t->client();
