@@ -129,7 +129,7 @@ for my $i (1 .. $count) {
     print $s "$method $path HTTP/1.1\r\nHost: shop.example.org\r\n"
         . "User-Agent: $ua\r\nAccept: */*\r\n"
         . "Accept-Language: pl-PL,pl;q=0.9,en-US;q=0.8,en;q=0.7\r\n"
-        . "Origin: https://shop.example.org\r\nReferer: $page\r\n"
+        . "Origin: http://shop.example.org\r\nReferer: $page\r\n"
         . ($ck ne '' ? "Cookie: $ck\r\n" : '')
         . ($body ne '-' ? "Content-Type: application/json\r\n"
             . 'Content-Length: ' . length($body) . "\r\n" : '')

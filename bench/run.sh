@@ -128,7 +128,7 @@ Accept: */*
 Accept-Language: pl-PL,pl;q=0.9,en-US;q=0.8,en;q=0.7
 Accept-Encoding: gzip, deflate, br, zstd
 Content-Type: application/json
-Origin: https://$HOST
+Origin: http://$HOST
 Referer: $PAGE
 EOF
 
