@@ -5,12 +5,13 @@
 
 
 /*
- * Request JSON to attributes and identity fields (attrs.c): the input is
- * one byte choosing the limits, then JSON text.  Every object key goes
- * through ngx_http_civchat_normalize_name(), every value through
- * ngx_http_civchat_attr_value() under each standard name and each declared
- * type, and through _user_id(), _email() and _company(); the raw bytes
- * also go to ngx_http_civchat_normalize_name() as a name.
+ * Request JSON to attributes and identity fields (attrs.c and the files
+ * of ngx_http_civchat_attrs.h: name.c, number.c, time.c, standard.c):
+ * the input is one byte choosing the limits, then JSON text.  Every
+ * object key goes through ngx_http_civchat_normalize_name(), every value
+ * through ngx_http_civchat_attr_value() under each standard name and
+ * each declared type, and through _user_id(), _email() and _company();
+ * the raw bytes also go to ngx_http_civchat_normalize_name() as a name.
  *
  * Besides memory errors, what comes out is checked: names within the
  * limit, valid UTF-8, no separators left; values of the declared JSON

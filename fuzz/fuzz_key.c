@@ -5,13 +5,14 @@
 
 
 /*
- * The visitor key (identity.c): ngx_http_civchat_read_key() on a request
+ * The visitor key (key.c): ngx_http_civchat_read_key() on a request
  * whose Cookie headers and JSON body come from the input, and
  * ngx_http_civchat_valid_key() on the raw input.  The input is the value
  * of one Cookie header a line, an empty line, then the request body.
  *
  * The key taken must be a valid key, and the bytes of one of the cookies
- * named by civchat_cookie or of the body's "key" or "user_key".
+ * named by civchat_cookie or of the body's "key" or "user_key"; so must
+ * an e-mail link's key ("link_key"), taken only when there is no other.
  */
 
 
@@ -45,6 +46,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     u_char                  *p, *last, *nl;
     size_t                   i;
+    ngx_str_t                key, link_key;
     ngx_uint_t               n, valid;
     ngx_table_elt_t         *h;
     ngx_http_request_t      *r;
@@ -134,19 +136,26 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ctx.body = json_loadb((char *) p, last - p, 0, NULL);
     }
 
-    ngx_http_civchat_read_key(r, &ctx);
+    ngx_http_civchat_read_key(r, &ctx, &key, &link_key);
 
-    if (ctx.key.len) {
-        ngx_fuzz_assert(ngx_http_civchat_valid_key(ctx.key.data,
-                                                   ctx.key.len));
+    ngx_fuzz_assert(key.len == 0 || link_key.len == 0);
+
+    if (key.len) {
+        ngx_fuzz_assert(ngx_http_civchat_valid_key(key.data, key.len));
 
         /* the key points into a cookie or the body, not elsewhere */
 
         ngx_fuzz_assert(ngx_strlcasestrn((u_char *) data,
                                          (u_char *) data + size,
-                                         ctx.key.data, ctx.key.len - 1)
+                                         key.data, key.len - 1)
                         != NULL
                         || ctx.body != NULL);
+    }
+
+    if (link_key.len) {
+        ngx_fuzz_assert(ctx.body != NULL
+                        && ngx_http_civchat_valid_key(link_key.data,
+                                                      link_key.len));
     }
 
     json_decref(ctx.body);

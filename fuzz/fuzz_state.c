@@ -201,7 +201,7 @@ fuzz_save(u_char *path)
     zone.state.data = path;
     zone.state.len = ngx_strlen(path);
 
-    if (ngx_http_civchat_state_save(&zone, ngx_fuzz_log) != NGX_OK) {
+    if (ngx_http_civchat_zone_save(&zone, ngx_fuzz_log) != NGX_OK) {
         ngx_fuzz_fail("saving the state failed");
     }
 }

@@ -752,7 +752,7 @@ ngx_int_t ngx_http_civchat_zone_live_read(ngx_http_civchat_zone_t *zone,
 ngx_int_t ngx_http_civchat_zone_live_news(ngx_http_civchat_zone_t *zone,
     uint64_t from, ngx_pool_t *pool, ngx_array_t *out, uint64_t *upto);
 uint64_t ngx_http_civchat_zone_live_seq(ngx_http_civchat_zone_t *zone);
-void ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone,
+ngx_int_t ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone,
     ngx_log_t *log);
 void ngx_http_civchat_zone_timer(ngx_http_civchat_zone_t *zone,
     ngx_cycle_t *cycle);
@@ -876,7 +876,7 @@ ngx_int_t ngx_http_civchat_state_dump(ngx_http_civchat_zone_t *zone,
 ngx_int_t ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,
     u_char *buf, size_t len, ngx_log_t *log);
 
-/* attrs.c */
+/* attrs.c, name.c: attributes (ngx_http_civchat_attrs.h) */
 ngx_int_t ngx_http_civchat_normalize_name(ngx_pool_t *pool, u_char *name,
     size_t len, ngx_str_t *out, const char **reason);
 json_t *ngx_http_civchat_attr_value(ngx_http_civchat_loc_conf_t *lcf,

@@ -178,6 +178,7 @@ ngx_http_civchat_live_cap(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_live_msg_t  *m;
 
     cap = class ? NGX_HTTP_CIVCHAT_LIVE_CHANGES : zone->sh->live_size;
+    m = NULL;
 
     while (k->count[class] >= cap) {
 

@@ -808,6 +808,6 @@ ngx_http_civchat_save_zones(ngx_cycle_t *cycle)
     zones = mcf->zones->elts;
 
     for (i = 0; i < mcf->zones->nelts; i++) {
-        ngx_http_civchat_zone_save(zones[i], cycle->log);
+        (void) ngx_http_civchat_zone_save(zones[i], cycle->log);
     }
 }

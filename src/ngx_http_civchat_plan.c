@@ -522,6 +522,7 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 
     ngx_memzero(&res, sizeof(ngx_http_civchat_result_t));
 
+    rc = NGX_ERROR;
     res.ignored = &ctx->ignored;
     res.events = &ctx->events;
     res.record = record;

@@ -508,8 +508,7 @@ ngx_http_civchat_status_zones(u_char *p, ngx_http_civchat_main_conf_t *mcf)
         "civchat_evictions_total", "counter",
         "Profiles evicted to make room.",
         "civchat_live_dropped_total", "counter",
-        "Live messages dropped unsent: over a visitor's limit (live=) or "
-        "for room."
+        "Live messages dropped before any stream read them."
     };
 
     zones = mcf->zones->elts;

@@ -715,7 +715,7 @@ ngx_http_civchat_zone_live_seq(ngx_http_civchat_zone_t *zone)
  * file outside it.
  */
 
-void
+ngx_int_t
 ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
 {
     ngx_int_t   rc;
@@ -723,7 +723,7 @@ ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
     ngx_uint_t  changes;
 
     if (zone->state.len == 0 || zone->sh == NULL) {
-        return;
+        return NGX_DECLINED;
     }
 
     ngx_http_civchat_zone_lock(zone);
@@ -733,7 +733,8 @@ ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
     ngx_http_civchat_zone_unlock(zone);
 
     if (rc != NGX_OK) {
-        return;
+        /* NGX_DECLINED: nothing changed since the last save */
+        return rc;
     }
 
     rc = ngx_http_civchat_state_write(zone, text.data, text.len, log);
@@ -745,6 +746,8 @@ ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
         zone->sh->saved = changes;
         ngx_http_civchat_zone_unlock(zone);
     }
+
+    return rc;
 }
 
 
@@ -776,7 +779,7 @@ ngx_http_civchat_zone_timer_handler(ngx_event_t *ev)
 {
     ngx_http_civchat_zone_t  *zone = ev->data;
 
-    ngx_http_civchat_zone_save(zone, ev->log);
+    (void) ngx_http_civchat_zone_save(zone, ev->log);
 
     if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
         ngx_add_timer(ev, zone->state_interval);
