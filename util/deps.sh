@@ -6,7 +6,8 @@ set -e
 
 packages="build-essential nginx nginx-dev libjansson-dev libmaxminddb-dev
           libmaxmind-db-writer-perl perl curl chromium
-          clickhouse-server clickhouse-client wrk clang valgrind"
+          clickhouse-server clickhouse-client wrk clang valgrind
+          redis-server redis-tools"
 
 missing=
 for p in $packages; do
@@ -35,9 +36,11 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends $missing
 
-# Debian starts the packaged nginx (port 80) and ClickHouse (8123, 9000,
-# 9009) as services; civchat's demo and tests run their own.
+# Debian starts the packaged nginx (port 80), ClickHouse (8123, 9000,
+# 9009) and Redis (6379) as services; civchat's demo and tests run their
+# own.
 if command -v service >/dev/null 2>&1; then
     $sudo service nginx stop >/dev/null 2>&1 || true
     $sudo service clickhouse-server stop >/dev/null 2>&1 || true
+    $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
