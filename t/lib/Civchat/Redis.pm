@@ -614,6 +614,18 @@ sub _not_ok {
 		next if ref $repl;
 		return "$port: replica link down"
 			if $repl =~ /role:slave/ && $repl !~ /master_link_status:up/;
+
+		# CLUSTER SLOTS lists a replica once its offset is known
+		my $running = grep { $_->{flags} =~ /slave/
+			&& $_->{flags} !~ /fail/ && $self->running($_->{port}) } @nodes;
+		my $slots = eval { $self->command($port, 'CLUSTER', 'SLOTS') };
+		next unless ref $slots eq 'ARRAY';
+		my %listed;
+		for my $range (@$slots) {
+			$listed{$_->[1]} = 1 for @{$range}[3 .. $#$range];
+		}
+		return "$port: CLUSTER SLOTS lists " . scalar(keys %listed)
+			. " of $running replicas" if keys(%listed) < $running;
 	}
 
 	return '';
