@@ -268,6 +268,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  *zones;     /* ngx_http_civchat_zone_t * */
     ngx_array_t                  *sinks;     /* ngx_http_civchat_sink_t * */
+    ngx_array_t                  *redis;     /* civchat_redis, or NULL */
     time_t                        loaded;    /* configuration load time */
     ngx_http_civchat_geoip_t     *geoip;
     ngx_http_civchat_stats_t     *stats;     /* shared counters */

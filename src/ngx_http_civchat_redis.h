@@ -66,11 +66,13 @@
  */
 
 
-typedef struct ngx_http_civchat_redis_s          ngx_http_civchat_redis_t;
-typedef struct ngx_http_civchat_redis_cmd_s      ngx_http_civchat_redis_cmd_t;
-typedef struct ngx_http_civchat_redis_script_s   ngx_http_civchat_redis_script_t;
-typedef struct ngx_http_civchat_redis_sub_s      ngx_http_civchat_redis_sub_t;
-typedef struct ngx_http_civchat_redis_reply_s    ngx_http_civchat_redis_reply_t;
+typedef struct ngx_http_civchat_redis_s  ngx_http_civchat_redis_t;
+typedef struct ngx_http_civchat_redis_cmd_s  ngx_http_civchat_redis_cmd_t;
+typedef struct ngx_http_civchat_redis_script_s
+    ngx_http_civchat_redis_script_t;
+typedef struct ngx_http_civchat_redis_sub_s  ngx_http_civchat_redis_sub_t;
+typedef struct ngx_http_civchat_redis_reply_s
+    ngx_http_civchat_redis_reply_t;
 
 
 /* reply types, RESP2 */
