@@ -33,6 +33,12 @@ package Civchat::Redis;
 #   $rc->stop()                             # every node (also at exit,
 #                                           # and when the test dies)
 #
+#   my $m = Civchat::Redis::metrics($t, '/status');   # civchat_status
+#   Civchat::Redis::metric($m, 'civchat_redis_moved_total',
+#       cluster => 'c1')                    # summed over matching series
+#   Civchat::Redis::wait_metrics($t, '/status', sub { my $m = shift; ... },
+#       $timeout)                           # polls until the sub is true
+#
 # Options of new(): dir (a parent directory; default a new temporary
 # directory), password (requirepass and masterauth, and what cli() and
 # command() send), node_timeout (cluster-node-timeout, default 1000 ms:
@@ -656,6 +662,67 @@ sub kill_master {
 	}
 
 	die "no replica of $port took over\n";
+}
+
+###############################################################################
+
+# the civchat_status page as { 'name{labels}' => value }; also the lines
+# that are not the Prometheus text format, as a second value
+sub metrics {
+	my ($t, $path) = @_;
+	my $r = $t->get($path // '/status');
+	my (%m, @bad);
+	for my $line (split /\n/, $r->body // '') {
+		next if $line =~ /^# (HELP|TYPE) /;
+		if ($line =~ /^([a-z_]+)(\{(?:[a-z_]+="[^"\\]*"(?:,|(?=\})))*\})? (-?\d+(?:\.\d+)?)$/) {
+			$m{$1 . ($2 // '')} = $3;
+			next;
+		}
+		push @bad, $line;
+	}
+	return wantarray ? (\%m, \@bad) : \%m;
+}
+
+# the sum over the series of a metric whose labels include these
+sub metric {
+	my ($m, $name, %labels) = @_;
+	my $sum = 0;
+	for my $k (keys %$m) {
+		next unless $k =~ /^\Q$name\E(\{.*\})?$/;
+		my $l = $1 // '';
+		next if grep { $l !~ /\b$_="\Q$labels{$_}\E"/ } keys %labels;
+		$sum += $m->{$k};
+	}
+	return $sum;
+}
+
+# the series of a metric whose labels include these, as label hashes
+# with the value under "value"
+sub series {
+	my ($m, $name, %labels) = @_;
+	my @s;
+	for my $k (sort keys %$m) {
+		next unless $k =~ /^\Q$name\E\{(.*)\}$/;
+		my %l = $1 =~ /([a-z_]+)="([^"]*)"/g;
+		next if grep { ($l{$_} // '') ne $labels{$_} } keys %labels;
+		push @s, { %l, value => $m->{$k} };
+	}
+	return @s;
+}
+
+# polls the status page until $check->($metrics) is true; returns the
+# last metrics (the caller tests $check again to report)
+sub wait_metrics {
+	my ($t, $path, $check, $timeout) = @_;
+	my $deadline = time() + Civchat::slow($timeout // 10);
+	my $m;
+	while (1) {
+		$m = metrics($t, $path);
+		return $m if $check->($m);
+		last if time() >= $deadline;
+		sleep 0.1;
+	}
+	return $m;
 }
 
 sub flush_scripts {
