@@ -209,6 +209,7 @@ struct ngx_http_civchat_redis_s {
     ngx_uint_t                        next_refresh;
     ngx_msec_t                        refreshed; /* the last map, or 0 */
     ngx_msec_t                        refresh_sent;
+    ngx_msec_t                        map_backoff;
     ngx_queue_t                       retry;     /* cmd_t */
     ngx_event_t                       retry_ev;
     ngx_event_t                       refresh_ev;
@@ -231,6 +232,7 @@ struct ngx_http_civchat_redis_s {
     unsigned                          refreshing:1;
     unsigned                          canary_busy:1;
     unsigned                          logged_nodes:1;
+    unsigned                          map_failed:1;
 };
 
 
@@ -2104,6 +2106,7 @@ static void
 ngx_http_civchat_redis_refresh(ngx_http_civchat_redis_t *rd)
 {
     ngx_uint_t                       i, n;
+    ngx_msec_t                       wait;
     ngx_msec_int_t                   since;
     ngx_http_civchat_redis_node_t   *node, *best, **nodes;
 
@@ -2114,11 +2117,11 @@ ngx_http_civchat_redis_refresh(ngx_http_civchat_redis_t *rd)
     }
 
     since = ngx_current_msec - rd->refresh_sent;
+    wait = ngx_max(rd->map_backoff, NGX_HTTP_CIVCHAT_REDIS_REFRESH);
 
-    if (rd->refresh_sent && since < NGX_HTTP_CIVCHAT_REDIS_REFRESH) {
+    if (rd->refresh_sent && since < (ngx_msec_int_t) wait) {
         if (!rd->refresh_ev.timer_set) {
-            ngx_add_timer(&rd->refresh_ev,
-                          NGX_HTTP_CIVCHAT_REDIS_REFRESH - since);
+            ngx_add_timer(&rd->refresh_ev, wait - since);
         }
 
         return;
@@ -2205,20 +2208,30 @@ ngx_http_civchat_redis_slots_done(void *data, ngx_int_t rc,
     if (rc != NGX_OK || reply->type != NGX_HTTP_CIVCHAT_REDIS_ARRAY
         || ngx_http_civchat_redis_slot_map(rd, from, reply) != NGX_OK)
     {
-        if (rc == NGX_OK && reply->type == NGX_HTTP_CIVCHAT_REDIS_ERROR) {
+        if (rc == NGX_OK && reply->type == NGX_HTTP_CIVCHAT_REDIS_ERROR
+            && !rd->map_failed)
+        {
             ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                           "civchat_redis \"%V\": CLUSTER SLOTS on %V: %V",
                           &rd->name, &from->name, &reply->str);
         }
 
-        /* another node, soon */
+        /* another node, later and later */
+
+        rd->map_failed = 1;
+        rd->map_backoff = rd->map_backoff
+                          ? ngx_min(rd->map_backoff * 2, rd->max_backoff)
+                          : NGX_HTTP_CIVCHAT_REDIS_REFRESH;
+
         if (!rd->refresh_ev.timer_set && !ngx_exiting) {
-            ngx_add_timer(&rd->refresh_ev, NGX_HTTP_CIVCHAT_REDIS_REFRESH);
+            ngx_add_timer(&rd->refresh_ev, rd->map_backoff);
         }
 
         return;
     }
 
+    rd->map_failed = 0;
+    rd->map_backoff = 0;
     rd->refreshed = ngx_current_msec;
 
     if (rd->stats) {
@@ -2370,9 +2383,11 @@ ngx_http_civchat_redis_auth_done(void *data, ngx_int_t rc,
 
     rd = conn->node->rd;
 
-    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                  "civchat_redis \"%V\": AUTH on %V: %V", &rd->name,
-                  &conn->node->name, &reply->str);
+    if (!conn->node->failed) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "civchat_redis \"%V\": AUTH on %V: %V", &rd->name,
+                      &conn->node->name, &reply->str);
+    }
 
     /* what follows it would be refused: the connection is given up */
     conn->node->failed = 1;
