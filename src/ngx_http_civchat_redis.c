@@ -44,6 +44,7 @@
 #define NGX_HTTP_CIVCHAT_REDIS_IN        16384   /* first input buffer */
 #define NGX_HTTP_CIVCHAT_REDIS_IN_MAX    (NGX_HTTP_CIVCHAT_REDIS_BULK + 65536)
 #define NGX_HTTP_CIVCHAT_REDIS_OUT_MAX   (256 << 20)
+#define NGX_HTTP_CIVCHAT_REDIS_KEEP      (1 << 20)  /* buffers kept idle */
 #define NGX_HTTP_CIVCHAT_REDIS_KEY_MAX   128
 
 #define NGX_HTTP_CIVCHAT_REDIS_MASTER    1
@@ -103,7 +104,6 @@ typedef struct {
     ngx_http_civchat_redis_node_t    *node;
     ngx_uint_t                        sub;       /* the subscriber conn */
     ngx_uint_t                        ready;     /* connected */
-    ngx_uint_t                        answered;  /* a reply came */
     ngx_uint_t                        connected; /* ever, in this worker */
     ngx_uint_t                        gen;       /* closes so far */
 
@@ -890,12 +890,11 @@ static ngx_http_civchat_redis_node_t *
 ngx_http_civchat_redis_node_text(ngx_http_civchat_redis_t *rd, u_char *p,
     size_t len, ngx_http_civchat_redis_node_t *from)
 {
-    u_char           *colon;
-    ngx_int_t         port;
-    ngx_addr_t        addr;
-    ngx_sockaddr_t    sa;
-
-    colon = NULL;
+    u_char          *colon;
+    in_addr_t        inaddr;
+    ngx_int_t        port;
+    socklen_t        socklen;
+    ngx_sockaddr_t   sa;
 
     for (colon = p + len; colon > p; colon--) {
         if (colon[-1] == ':') {
@@ -915,16 +914,17 @@ ngx_http_civchat_redis_node_text(ngx_http_civchat_redis_t *rd, u_char *p,
 
     len = colon - 1 - p;
 
+    ngx_memzero(&sa, sizeof(ngx_sockaddr_t));
+
     if (len == 0) {
-        if (from == NULL) {
+        if (from == NULL || from->addr.socklen > sizeof(ngx_sockaddr_t)) {
             return NULL;
         }
 
         ngx_memcpy(&sa, from->addr.sockaddr, from->addr.socklen);
-        ngx_inet_set_port(&sa.sockaddr, (in_port_t) port);
+        socklen = from->addr.socklen;
 
-        return ngx_http_civchat_redis_node(rd, &sa.sockaddr,
-                                           from->addr.socklen, 1);
+        goto found;
     }
 
     if (len > 2 && p[0] == '[' && p[len - 1] == ']') {
@@ -932,13 +932,32 @@ ngx_http_civchat_redis_node_text(ngx_http_civchat_redis_t *rd, u_char *p,
         len -= 2;
     }
 
-    if (ngx_parse_addr(rd->pool, &addr, p, len) != NGX_OK) {
-        return NULL;
+    inaddr = ngx_inet_addr(p, len);
+
+    if (inaddr != INADDR_NONE) {
+        sa.sockaddr_in.sin_family = AF_INET;
+        sa.sockaddr_in.sin_addr.s_addr = inaddr;
+        socklen = sizeof(struct sockaddr_in);
+        goto found;
     }
 
-    ngx_inet_set_port(addr.sockaddr, (in_port_t) port);
+#if (NGX_HAVE_INET6)
 
-    return ngx_http_civchat_redis_node(rd, addr.sockaddr, addr.socklen, 1);
+    if (ngx_inet6_addr(p, len, sa.sockaddr_in6.sin6_addr.s6_addr) == NGX_OK) {
+        sa.sockaddr_in6.sin6_family = AF_INET6;
+        socklen = sizeof(struct sockaddr_in6);
+        goto found;
+    }
+
+#endif
+
+    return NULL;
+
+found:
+
+    ngx_inet_set_port(&sa.sockaddr, (in_port_t) port);
+
+    return ngx_http_civchat_redis_node(rd, &sa.sockaddr, socklen, 1);
 }
 
 
@@ -1271,7 +1290,6 @@ ngx_http_civchat_redis_connect(ngx_http_civchat_redis_t *rd,
 
     conn->c = c;
     conn->ready = 0;
-    conn->answered = 0;
     conn->out_base = 0;
     conn->out_len = 0;
     conn->out_sent = 0;
@@ -1465,6 +1483,13 @@ ngx_http_civchat_redis_send(ngx_http_civchat_redis_conn_t *conn)
     conn->out_len = 0;
     conn->out_sent = 0;
 
+    if (conn->out_size > NGX_HTTP_CIVCHAT_REDIS_KEEP) {
+        /* a burst is over: its memory goes */
+        ngx_free(conn->out);
+        conn->out = NULL;
+        conn->out_size = 0;
+    }
+
     if (!ngx_queue_empty(&conn->waiting) && !c->read->timer_set) {
         ngx_add_timer(c->read, rd->timeout);
     }
@@ -1619,6 +1644,12 @@ ngx_http_civchat_redis_process(ngx_http_civchat_redis_conn_t *conn)
     if (conn->in_pos == conn->in_last) {
         conn->in_pos = 0;
         conn->in_last = 0;
+
+        if (conn->in_size > NGX_HTTP_CIVCHAT_REDIS_KEEP) {
+            ngx_free(conn->in);
+            conn->in = NULL;
+            conn->in_size = 0;
+        }
     }
 
     return NGX_OK;
@@ -1650,8 +1681,6 @@ ngx_http_civchat_redis_reply(ngx_http_civchat_redis_conn_t *conn,
     cmd = ngx_queue_data(q, ngx_http_civchat_redis_cmd_t, queue);
 
     if (start[0] != '-') {
-        conn->answered = 1;
-
         if (node->failed) {
             ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
                           "civchat_redis \"%V\": %V answers again",
