@@ -9,7 +9,9 @@
 # replica); all of Redis down for a few seconds (the canary fails, nginx
 # answers as fast as ever, nothing blocks), then back with its data
 # (reconnects, the canary and its subscriptions work again); one node
-# restarted.  No worker crashes, error.log has no [alert] or [crit].
+# restarted; a master frozen (SIGSTOP) for less than the cluster's node
+# timeout: the commands sent to it time out and its connection is made
+# again.  No worker crashes, error.log has no [alert] or [crit].
 
 ###############################################################################
 
@@ -160,6 +162,26 @@ $rc->wait_ok();
 
 wait_healthy('the old master is back as a replica: 3 replicas connected',
 	3, 20);
+
+###############################################################################
+
+# a master that answers nothing for a while (SIGSTOP, shorter than the
+# cluster's node timeout): what was sent to it times out, the connection
+# is closed, then made again
+
+my $frozen = $rc->owner($slot0);
+my $cf = counters();
+
+$rc->pause_node($frozen, 0.8);
+
+wait_healthy('a master frozen for 0.8 s: healthy again', 3);
+
+my $cg = counters();
+ok($cg->{failed} > $cf->{failed}, 'frozen: commands timed out ('
+	. ($cg->{failed} - $cf->{failed}) . ')');
+ok($cg->{reconnects} > $cf->{reconnects}, 'frozen: reconnected');
+like($t->read_file('error.log'), qr/127\.0\.0\.1:$frozen: timed out waiting /,
+	'frozen: the timeout is logged');
 
 ###############################################################################
 

@@ -28,6 +28,7 @@ package Civchat::Redis;
 #   $rc->stop_all(); sleep N; $rc->start_all()  # down and back, data kept
 #   $rc->outage($seconds)                   # the same in one call
 #   $rc->restart_node($port)
+#   $rc->pause_node($port, $seconds)        # SIGSTOP, then SIGCONT
 #   $rc->flush_scripts()                    # SCRIPT FLUSH on every master
 #   $rc->wait_ok($timeout)                  # cluster_state:ok everywhere
 #   $rc->stop()                             # every node (also at exit,
@@ -277,6 +278,17 @@ sub start_node {
 	my ($self, $port) = @_;
 	$self->_spawn($port) unless $self->running($port);
 	$self->_wait_answer($port);
+	return $self;
+}
+
+# SIGSTOP, $seconds, SIGCONT: a node that takes connections and answers
+# nothing (below cluster-node-timeout, no failover starts)
+sub pause_node {
+	my ($self, $port, $seconds) = @_;
+	my $pid = $self->{pids}{$port} or die "node $port does not run\n";
+	kill('STOP', $pid);
+	sleep $seconds;
+	kill('CONT', $pid);
 	return $self;
 }
 
