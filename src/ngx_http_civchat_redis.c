@@ -3196,7 +3196,7 @@ ngx_http_civchat_redis_usec(void)
 size_t
 ngx_http_civchat_redis_status_size(ngx_array_t *clusters)
 {
-    size_t                      size;
+    size_t                      size, line;
     ngx_uint_t                  i;
     ngx_http_civchat_redis_t  **rds;
 
@@ -3204,13 +3204,17 @@ ngx_http_civchat_redis_status_size(ngx_array_t *clusters)
         return 0;
     }
 
+    /* generous per line: a name, labels escaped, a 20-digit value */
+
     size = 4096;
     rds = clusters->elts;
 
     for (i = 0; i < clusters->nelts; i++) {
-        size += (16 + 9 * NGX_HTTP_CIVCHAT_REDIS_WORKERS)
-                * (160 + 6 * rds[i]->name.len
-                   + 6 * NGX_HTTP_CIVCHAT_REDIS_KEY_MAX);
+        line = 256 + 6 * rds[i]->name.len;
+
+        size += 16 * line
+                + NGX_HTTP_CIVCHAT_REDIS_WORKERS
+                  * (8 * line + line + 6 * NGX_HTTP_CIVCHAT_REDIS_KEY_MAX);
     }
 
     return size;
