@@ -57,7 +57,8 @@
  * A request that waits for Redis does what a proxied one does: count
  * r->main->count++, return NGX_DONE, finalize in the handler; and add a
  * pool cleanup that calls ngx_http_civchat_redis_cancel() in case the
- * request ends first.
+ * request ends first (the handler clears the command it kept: a command
+ * is freed once its handler has been called).
  *
  * When a worker exits, the commands still waiting are dropped without
  * their handlers being called: write-behind code flushes when it sees
