@@ -224,6 +224,7 @@ struct ngx_http_civchat_redis_s {
 
     ngx_str_t                         canary_key;
     ngx_str_t                         canary_channel;
+    ngx_str_t                         canary_broadcast;
     u_char                            canary_value[64];
     size_t                            canary_len;
     ngx_uint_t                        canary_round;
@@ -697,14 +698,14 @@ ngx_http_civchat_redis_init_process(ngx_http_civchat_redis_t *rd,
 
     /* the canary: a key and a channel of this worker, one slot */
 
-    len = sizeof("civchat:canary:{::}:messages") - 1 + cycle->hostname.len
+    len = sizeof("civchat:canary:{::}:broadcast") - 1 + cycle->hostname.len
           + rd->name.len + NGX_INT_T_LEN;
 
     if (len > NGX_HTTP_CIVCHAT_REDIS_KEY_MAX) {
         len = NGX_HTTP_CIVCHAT_REDIS_KEY_MAX;
     }
 
-    p = ngx_pnalloc(rd->pool, 2 * len);
+    p = ngx_pnalloc(rd->pool, 3 * len);
     if (p == NULL) {
         return;
     }
@@ -720,15 +721,26 @@ ngx_http_civchat_redis_init_process(ngx_http_civchat_redis_t *rd,
                                           &rd->canary_key)
                              - (p + len);
 
+    rd->canary_broadcast.data = p + 2 * len;
+    rd->canary_broadcast.len = ngx_snprintf(p + 2 * len, len, "%V:broadcast",
+                                            &rd->canary_key)
+                               - (p + 2 * len);
+
     w->canary_len = rd->canary_key.len;
     ngx_memcpy(w->canary, rd->canary_key.data, rd->canary_key.len);
     w->canary_slot = ngx_http_civchat_redis_keyslot(rd->canary_key.data,
                                                     rd->canary_key.len);
 
+    /* its own sharded channel, and a channel of the whole cluster */
+
     if (ngx_http_civchat_redis_subscribe(rd, &rd->canary_channel, 1,
                                          ngx_http_civchat_redis_canary_message,
                                          rd)
-        == NULL)
+        == NULL
+        || ngx_http_civchat_redis_subscribe(rd, &rd->canary_broadcast, 0,
+                                         ngx_http_civchat_redis_canary_message,
+                                         rd)
+           == NULL)
     {
         return;
     }
@@ -3064,7 +3076,8 @@ ngx_http_civchat_redis_resub_handler(ngx_event_t *ev)
  * The canary: every canary= interval each worker writes its own key
  * (SET with an expiry), reads it back through a script (EVALSHA, so
  * that NOSCRIPT is answered too), and publishes what it wrote on its
- * own sharded channel, to which it is subscribed.
+ * own sharded channel (SPUBLISH) and on a channel of the whole cluster
+ * (PUBLISH), to both of which it is subscribed.
  */
 
 static void
@@ -3148,6 +3161,12 @@ ngx_http_civchat_redis_canary_get(void *data, ngx_int_t rc,
 
         (void) ngx_http_civchat_redis_command(rd, &rd->canary_channel, 3,
                                               argv, NULL, NULL, NULL);
+
+        ngx_str_set(&argv[0], "PUBLISH");
+        argv[1] = rd->canary_broadcast;
+
+        (void) ngx_http_civchat_redis_command(rd, NULL, 3, argv, NULL, NULL,
+                                              NULL);
 
     } else if (rc == NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,

@@ -203,8 +203,10 @@ is($c1->{moved} + $c1->{ask}, 0, 'no redirection: the slots are right');
 is($c1->{errors} + $c1->{failed}, 0, 'no error, no failed command');
 is($c1->{reconnects}, 0, 'no reconnect');
 ok($c1->{script_loads} >= 1, 'the script was loaded (NOSCRIPT, then EVAL)');
-ok($c1->{messages} - $c0->{messages} >= ($c1->{ok} - $c0->{ok}) * 0.75,
-	'pub/sub: the canary hears what it publishes ('
+# two messages a round (SPUBLISH, PUBLISH): a ratio under 1.5 is a
+# subscription lost
+ok($c1->{messages} - $c0->{messages} >= ($c1->{ok} - $c0->{ok}) * 1.5,
+	'pub/sub: the canary hears what it publishes, sharded or not ('
 	. ($c1->{messages} - $c0->{messages}) . ' messages, '
 	. ($c1->{ok} - $c0->{ok}) . ' rounds)');
 
@@ -277,7 +279,7 @@ is($c6->{moved}, $c5->{moved}, 'migrated: no MOVED once the map is read');
 is($c6->{ask}, $c5->{ask}, 'migrated: no ASK either');
 ok($c6->{ok} - $c5->{ok} >= 10 && $c6->{bad} == 0,
 	'migrated: the canary goes on');
-ok($c6->{messages} - $c5->{messages} >= ($c6->{ok} - $c5->{ok}) * 0.75,
+ok($c6->{messages} - $c5->{messages} >= ($c6->{ok} - $c5->{ok}) * 1.5,
 	'migrated: worker 0 subscribed again where its channel went ('
 	. ($c6->{messages} - $c5->{messages}) . ' messages, '
 	. ($c6->{ok} - $c5->{ok}) . ' rounds)');
@@ -319,7 +321,7 @@ ok($c7->{moved} > $c6->{moved}, 'resharded: MOVED: '
 	. ($c7->{moved} - $c6->{moved}));
 is($c8->{moved}, $c7->{moved}, 'resharded: no MOVED once the map is read');
 ok($c8->{ok} - $c7->{ok} >= 10, 'resharded: the canary goes on');
-ok($c8->{messages} - $c7->{messages} >= ($c8->{ok} - $c7->{ok}) * 0.75,
+ok($c8->{messages} - $c7->{messages} >= ($c8->{ok} - $c7->{ok}) * 1.5,
 	'resharded: the subscriptions followed');
 is($c8->{failed}, 0, 'resharded: no command ever failed');
 

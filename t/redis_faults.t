@@ -146,7 +146,7 @@ my $c2 = counters();
 ok($c2->{ok} - $c1->{ok} >= 10 && $c2->{bad} == $c1->{bad},
 	'failover: the canary works on, ' . ($c2->{ok} - $c1->{ok})
 	. ' rounds in a second, none failed');
-ok($c2->{messages} - $c1->{messages} >= ($c2->{ok} - $c1->{ok}) * 0.75,
+ok($c2->{messages} - $c1->{messages} >= ($c2->{ok} - $c1->{ok}) * 1.5,
 	'failover: subscribed again on the promoted replica ('
 	. ($c2->{messages} - $c1->{messages}) . ' messages, '
 	. ($c2->{ok} - $c1->{ok}) . ' rounds)');
@@ -239,7 +239,7 @@ my $c6 = counters();
 
 ok($c6->{ok} - $c5->{ok} >= 10 && $c6->{bad} == $c5->{bad},
 	'Redis back: the canary works on');
-ok($c6->{messages} - $c5->{messages} >= ($c6->{ok} - $c5->{ok}) * 0.75,
+ok($c6->{messages} - $c5->{messages} >= ($c6->{ok} - $c5->{ok}) * 1.5,
 	'Redis back: subscribed again');
 is_deeply([ $t->worker_pids() ], \@workers, 'Redis back: no worker crashed');
 
