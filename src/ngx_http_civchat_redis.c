@@ -1894,7 +1894,7 @@ ngx_http_civchat_redis_deliver(ngx_http_civchat_redis_conn_t *conn,
     void                               *data;
     ngx_pool_t                         *pool;
     ngx_http_civchat_redis_t           *rd;
-    ngx_http_civchat_redis_reply_t     *reply;
+    ngx_http_civchat_redis_reply_t     *reply, err;
     ngx_http_civchat_redis_handler_pt   handler;
 
     rd = cmd->rd;
@@ -1916,8 +1916,6 @@ ngx_http_civchat_redis_deliver(ngx_http_civchat_redis_conn_t *conn,
                                          pool != NULL);
 
     if (reply == NULL) {
-        ngx_http_civchat_redis_reply_t  err;
-
         ngx_memzero(&err, sizeof(ngx_http_civchat_redis_reply_t));
         err.type = NGX_HTTP_CIVCHAT_REDIS_ERROR;
         ngx_str_set(&err.str, "civchat: no memory for the reply");
@@ -2704,7 +2702,7 @@ static void
 ngx_http_civchat_redis_sub_reply(ngx_http_civchat_redis_conn_t *conn,
     u_char *start, size_t len)
 {
-    ngx_str_t                          *kind, name;
+    ngx_str_t                          *kind, name, arg, argv[2];
     ngx_uint_t                          slot;
     ngx_queue_t                        *q;
     ngx_http_civchat_redis_t           *rd;
@@ -2866,7 +2864,6 @@ ngx_http_civchat_redis_sub_reply(ngx_http_civchat_redis_conn_t *conn,
 
         } else {
             /* nobody wants it here any more */
-            ngx_str_t  argv[2];
 
             if (kind->len == 9) {
                 ngx_str_set(&argv[0], "UNSUBSCRIBE");
@@ -2890,8 +2887,6 @@ ngx_http_civchat_redis_sub_reply(ngx_http_civchat_redis_conn_t *conn,
             && ngx_strncmp(kind->data, "sunsubscribe", 12) == 0))
     {
         if (head != NULL && head->kind == NGX_HTTP_CIVCHAT_REDIS_UNSUB) {
-            ngx_str_t  arg;
-
             ngx_http_civchat_redis_cmd_arg(head, 1, &arg);
 
             if (arg.len == name.len
