@@ -99,7 +99,8 @@ struct ngx_http_civchat_redis_reply_s {
  *
  *   rc NGX_OK     reply is what Redis answered, which may be an ERROR
  *                 reply (WRONGTYPE, a script's error, ...): redirections
- *                 and retried errors never reach the handler;
+ *                 never reach the handler, and the retried errors
+ *                 (TRYAGAIN, ...) only once the command's time is up;
  *   rc NGX_ERROR  no answer: the connection was lost after the command
  *                 was sent, no node took it within timeout, no memory;
  *                 reply is an ERROR reply saying why.
