@@ -90,7 +90,9 @@ VALGRIND_TESTS ?= t/endpoints.t t/identity.t t/attributes.t t/events.t \
                   t/store_http_outage.t t/store_http_reload.t \
                   t/store_http_slow.t t/store_http_idle.t \
                   t/concurrency.t t/stress.t \
-                  t/geoip.t t/config.t t/fuzz_regressions.t
+                  t/geoip.t t/config.t t/fuzz_regressions.t \
+                  t/redis.t t/redis_auth.t t/redis_faults.t \
+                  t/redis_config.t
 
 test-valgrind: deps $(WIDGET_H)
 	mkdir -p $(BUILD)

@@ -393,6 +393,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  *zones;     /* ngx_http_civchat_zone_t * */
     ngx_array_t                  *sinks;     /* ngx_http_civchat_sink_t * */
+    ngx_array_t                  *redis;     /* civchat_redis, or NULL */
     time_t                        loaded;    /* configuration load time */
     ngx_http_civchat_geoip_t     *geoip;
     ngx_http_civchat_stats_t     *stats;     /* shared counters */
@@ -974,6 +975,10 @@ ngx_int_t ngx_http_civchat_widget_init(ngx_conf_t *cf,
     ngx_http_civchat_loc_conf_t *lcf);
 ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
+
+
+/* redis.c, resp.c: the Redis Cluster client */
+#include "ngx_http_civchat_redis.h"
 
 
 #endif /* _NGX_HTTP_CIVCHAT_H_INCLUDED_ */

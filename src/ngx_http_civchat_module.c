@@ -27,6 +27,8 @@ static char *ngx_http_civchat_store(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_civchat_geoip(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_civchat_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_civchat_preconf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_civchat_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_civchat_init_process(ngx_cycle_t *cycle);
@@ -56,6 +58,13 @@ static ngx_command_t  ngx_http_civchat_commands[] = {
     { ngx_string("civchat_geoip"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_civchat_geoip,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("civchat_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_civchat_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -675,6 +684,22 @@ ngx_http_civchat_geoip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* "civchat_redis NAME host:port ... [password=] [timeout=] ..." */
+
+static char *
+ngx_http_civchat_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_civchat_main_conf_t *mcf = conf;
+
+    ngx_str_t  *value;
+
+    value = cf->args->elts;
+
+    return ngx_http_civchat_redis_add(cf, &mcf->redis, value + 1,
+                                      cf->args->nelts - 1);
+}
+
+
 static ngx_int_t
 ngx_http_civchat_preconf(ngx_conf_t *cf)
 {
@@ -709,6 +734,7 @@ static ngx_int_t
 ngx_http_civchat_init_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                     i;
+    ngx_http_civchat_redis_t     **rds;
     ngx_http_civchat_sink_t      **sinks;
     ngx_http_civchat_zone_t      **zones;
     ngx_http_civchat_main_conf_t  *mcf;
@@ -736,6 +762,14 @@ ngx_http_civchat_init_process(ngx_cycle_t *cycle)
                                    ngx_http_civchat_store_counters(cycle, i));
     }
 
+    if (mcf->redis != NULL) {
+        rds = mcf->redis->elts;
+
+        for (i = 0; i < mcf->redis->nelts; i++) {
+            ngx_http_civchat_redis_init_process(rds[i], cycle);
+        }
+    }
+
     zones = mcf->zones->elts;
 
     for (i = 0; i < mcf->zones->nelts; i++) {
@@ -755,6 +789,7 @@ static void
 ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                     i;
+    ngx_http_civchat_redis_t     **rds;
     ngx_http_civchat_sink_t      **sinks;
     ngx_http_civchat_zone_t      **zones;
     ngx_http_civchat_main_conf_t  *mcf;
@@ -774,6 +809,14 @@ ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < mcf->zones->nelts; i++) {
         ngx_http_civchat_stream_exit_process(zones[i]);
+    }
+
+    if (mcf->redis != NULL) {
+        rds = mcf->redis->elts;
+
+        for (i = 0; i < mcf->redis->nelts; i++) {
+            ngx_http_civchat_redis_exit_process(rds[i], cycle);
+        }
     }
 
     if (ngx_process == NGX_PROCESS_SINGLE) {

@@ -293,6 +293,7 @@ ngx_http_civchat_status_handler(ngx_http_request_t *r)
     p = ngx_http_civchat_status_events(p, mcf->stats);
     p = ngx_http_civchat_status_stores(p, mcf);
     p = ngx_http_civchat_status_zones(p, mcf);
+    p = ngx_http_civchat_redis_status(p, mcf->redis);
 
     r->headers_out.status = NGX_HTTP_OK;
     r->headers_out.content_length_n = p - buf;
@@ -349,6 +350,8 @@ ngx_http_civchat_status_size(ngx_http_civchat_main_conf_t *mcf)
     for (i = 0; i < mcf->zones->nelts; i++) {
         size += 8 * (128 + 6 * zones[i]->name.len);
     }
+
+    size += ngx_http_civchat_redis_status_size(mcf->redis);
 
     return size;
 }

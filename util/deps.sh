@@ -3,8 +3,8 @@
 # demo and run its tests, when any is missing.  Needs root (or sudo) for
 # apt-get.
 #
-# System services: nginx and clickhouse-server are among the packages
-# (the tests run their own servers, not these).  A service whose package
+# System services: nginx, clickhouse-server and redis-server are among
+# the packages (the tests run their own servers, not these).  A service whose package
 # was already installed is left exactly as it was, running or not,
 # enabled at boot or not.  One that this script installs (Debian starts it
 # and enables it at boot on install) is stopped and disabled again, so
@@ -16,9 +16,9 @@ packages="build-essential nginx nginx-dev libjansson-dev libmaxminddb-dev
           zlib1g-dev libbrotli-dev esbuild brotli
           libmaxmind-db-writer-perl libio-socket-ssl-perl openssl perl curl
           chromium clickhouse-server clickhouse-client wrk clang valgrind
-          debhelper dpkg-dev"
+          debhelper dpkg-dev redis-server redis-tools"
 
-services="nginx clickhouse-server"
+services="nginx clickhouse-server redis-server"
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null \
