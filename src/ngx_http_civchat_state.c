@@ -30,8 +30,11 @@ static u_char *ngx_http_civchat_state_string(u_char *p, const char *name,
     ngx_http_civchat_index_t *ix);
 static u_char *ngx_http_civchat_state_keys(u_char *p, const char *name,
     ngx_http_civchat_profile_t *pr, u_char mask, u_char flags);
+static u_char *ngx_http_civchat_state_retired_at(u_char *p,
+    ngx_http_civchat_profile_t *pr);
 static void ngx_http_civchat_state_alias(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *pr, json_t *list, u_char flags);
+    ngx_http_civchat_profile_t *pr, json_t *list, json_t *minutes,
+    u_char flags);
 static ngx_int_t ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone,
     u_char *line, size_t len);
 static ngx_int_t ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
@@ -44,7 +47,7 @@ ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone)
 {
     size_t                       size;
     ngx_str_t                    ua;
-    ngx_queue_t                 *q, *a;
+    ngx_queue_t                 *q;
     ngx_http_civchat_profile_t  *pr;
 
     size = sizeof("{\"civchat_state\":,\"profiles\":}\n") + 2 * NGX_INT_T_LEN;
@@ -55,25 +58,14 @@ ngx_http_civchat_state_size(ngx_http_civchat_zone_t *zone)
     {
         pr = ngx_queue_data(q, ngx_http_civchat_profile_t, lru);
 
-        /* escaped strings grow at most sixfold (\u00XX) */
-        size += sizeof("{\"key\":\"\",\"user_id\":\"\",\"email\":\"\","
-                       "\"aliases\":[],\"unproved\":[],\"retired\":[],"
-                       "\"key_retired\":true,"
-                       "\"verified\":[\"user_id\",\"email\"],"
-                       "\"first_seen\":,\"last_seen\":,"
-                       "\"page_views\":,\"sessions\":,\"attrs\":}\n")
-                + 4 * NGX_INT_T_LEN + 3 * 6 * 255 + pr->attrs_len + 2
+        size += ngx_http_civchat_state_identity_size(pr)
+                + sizeof(",\"first_seen\":,\"last_seen\":,"
+                         "\"page_views\":,\"sessions\":,\"attrs\":}\n")
+                + 4 * NGX_INT_T_LEN + pr->attrs_len + 2
                 + sizeof(",\"user_agent\":\"\"");
 
         ngx_http_civchat_store_ua(zone, pr, &ua);
         size += 6 * ua.len;
-
-        for (a = ngx_queue_head(&pr->aliases);
-             a != ngx_queue_sentinel(&pr->aliases);
-             a = ngx_queue_next(a))
-        {
-            size += 255 + 3;
-        }
     }
 
     return size;
@@ -104,39 +96,7 @@ ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_zone_t *zone,
 {
     ngx_str_t  ua;
 
-    p = ngx_sprintf(p, "{\"key\":\"%*s\"", (size_t) pr->key.len,
-                    pr->key.data);
-    p = ngx_http_civchat_state_string(p, "user_id", &pr->user_id);
-    p = ngx_http_civchat_state_string(p, "email", &pr->email);
-
-    p = ngx_http_civchat_state_keys(p, "aliases", pr,
-                                    NGX_HTTP_CIVCHAT_KEY_RETIRED
-                                    |NGX_HTTP_CIVCHAT_KEY_UNPROVED, 0);
-    p = ngx_http_civchat_state_keys(p, "unproved", pr,
-                                    NGX_HTTP_CIVCHAT_KEY_RETIRED
-                                    |NGX_HTTP_CIVCHAT_KEY_UNPROVED,
-                                    NGX_HTTP_CIVCHAT_KEY_UNPROVED);
-    p = ngx_http_civchat_state_keys(p, "retired", pr,
-                                    NGX_HTTP_CIVCHAT_KEY_RETIRED,
-                                    NGX_HTTP_CIVCHAT_KEY_RETIRED);
-
-    if (pr->key.flags & NGX_HTTP_CIVCHAT_KEY_RETIRED) {
-        p = ngx_cpymem(p, ",\"key_retired\":true",
-                       sizeof(",\"key_retired\":true") - 1);
-    }
-
-    if (pr->user_id.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED) {
-        p = ngx_cpymem(p, ",\"verified\":[\"user_id\"",
-                       sizeof(",\"verified\":[\"user_id\"") - 1);
-        p = ngx_cpymem(p, (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED)
-                          ? ",\"email\"]" : "]",
-                       (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED)
-                       ? sizeof(",\"email\"]") - 1 : 1);
-
-    } else if (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED) {
-        p = ngx_cpymem(p, ",\"verified\":[\"email\"]",
-                       sizeof(",\"verified\":[\"email\"]") - 1);
-    }
+    p = ngx_http_civchat_state_identity(p, pr);
 
     p = ngx_sprintf(p, ",\"first_seen\":%T,\"last_seen\":%T,"
                     "\"page_views\":%ui,\"sessions\":%ui,\"attrs\":",
@@ -162,6 +122,113 @@ ngx_http_civchat_state_profile(u_char *p, ngx_http_civchat_zone_t *zone,
     }
 
     return ngx_cpymem(p, "}}\n", 3);
+}
+
+
+/*
+ * A profile's identity, the first members of its line (and the "id" of
+ * its Redis document, doc.c): its own key, user_id, email, its other
+ * keys by kind, the minute each retired key was retired, what was
+ * verified.  No closing brace.
+ */
+
+size_t
+ngx_http_civchat_state_identity_size(ngx_http_civchat_profile_t *pr)
+{
+    size_t        size;
+    ngx_queue_t  *a;
+
+    /* escaped strings grow at most sixfold (\u00XX) */
+    size = sizeof("{\"key\":\"\",\"user_id\":\"\",\"email\":\"\","
+                  "\"aliases\":[],\"unproved\":[],\"retired\":[],"
+                  "\"retired_at\":[],\"key_retired\":true,"
+                  "\"key_retired_at\":,"
+                  "\"verified\":[\"user_id\",\"email\"]")
+           + 3 * 6 * 255 + NGX_INT_T_LEN;
+
+    for (a = ngx_queue_head(&pr->aliases);
+         a != ngx_queue_sentinel(&pr->aliases);
+         a = ngx_queue_next(a))
+    {
+        size += 255 + 3 + NGX_INT_T_LEN + 1;
+    }
+
+    return size;
+}
+
+
+u_char *
+ngx_http_civchat_state_identity(u_char *p, ngx_http_civchat_profile_t *pr)
+{
+    p = ngx_sprintf(p, "{\"key\":\"%*s\"", (size_t) pr->key.len,
+                    pr->key.data);
+    p = ngx_http_civchat_state_string(p, "user_id", &pr->user_id);
+    p = ngx_http_civchat_state_string(p, "email", &pr->email);
+
+    p = ngx_http_civchat_state_keys(p, "aliases", pr,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED
+                                    |NGX_HTTP_CIVCHAT_KEY_UNPROVED, 0);
+    p = ngx_http_civchat_state_keys(p, "unproved", pr,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED
+                                    |NGX_HTTP_CIVCHAT_KEY_UNPROVED,
+                                    NGX_HTTP_CIVCHAT_KEY_UNPROVED);
+    p = ngx_http_civchat_state_keys(p, "retired", pr,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED,
+                                    NGX_HTTP_CIVCHAT_KEY_RETIRED);
+    p = ngx_http_civchat_state_retired_at(p, pr);
+
+    if (pr->key.flags & NGX_HTTP_CIVCHAT_KEY_RETIRED) {
+        p = ngx_sprintf(p, ",\"key_retired\":true,\"key_retired_at\":%ui",
+                        (ngx_uint_t) pr->key.retired);
+    }
+
+    if (pr->user_id.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED) {
+        p = ngx_cpymem(p, ",\"verified\":[\"user_id\"",
+                       sizeof(",\"verified\":[\"user_id\"") - 1);
+        p = ngx_cpymem(p, (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED)
+                          ? ",\"email\"]" : "]",
+                       (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED)
+                       ? sizeof(",\"email\"]") - 1 : 1);
+
+    } else if (pr->email.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED) {
+        p = ngx_cpymem(p, ",\"verified\":[\"email\"]",
+                       sizeof(",\"verified\":[\"email\"]") - 1);
+    }
+
+    return p;
+}
+
+
+/* ,"retired_at":[...]: the minutes of "retired", in its order */
+
+static u_char *
+ngx_http_civchat_state_retired_at(u_char *p, ngx_http_civchat_profile_t *pr)
+{
+    ngx_uint_t                 first;
+    ngx_queue_t               *a;
+    ngx_http_civchat_alias_t  *alias;
+
+    p = ngx_cpymem(p, ",\"retired_at\":[", sizeof(",\"retired_at\":[") - 1);
+    first = 1;
+
+    for (a = ngx_queue_head(&pr->aliases);
+         a != ngx_queue_sentinel(&pr->aliases);
+         a = ngx_queue_next(a))
+    {
+        alias = ngx_queue_data(a, ngx_http_civchat_alias_t, queue);
+
+        if (!(alias->index.flags & NGX_HTTP_CIVCHAT_KEY_RETIRED)) {
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s%ui", first ? "" : ",",
+                        (ngx_uint_t) alias->index.retired);
+        first = 0;
+    }
+
+    *p++ = ']';
+
+    return p;
 }
 
 
@@ -397,10 +464,7 @@ static ngx_int_t
 ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
     size_t len)
 {
-    char                        *text;
-    json_t                      *j, *v, *ua;
-    ngx_str_t                    key;
-    ngx_int_t                    rc;
+    json_t                      *j;
     ngx_http_civchat_profile_t  *pr;
 
     j = json_loadb((char *) line, len, 0, NULL);
@@ -409,12 +473,35 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
         return NGX_ERROR;
     }
 
-    rc = NGX_ERROR;
+    pr = ngx_http_civchat_state_install(zone, j);
+
+    /* loading runs alone, before any worker: nothing else to protect */
+    ngx_http_civchat_store_unpin(zone);
+    json_decref(j);
+
+    return (pr != NULL) ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
+ * A profile from its line as JSON (a state file's, or one doc.c made of
+ * a Redis document), under the lock; NULL when it is not one, or its
+ * key is taken.  The "attrs" of the object lose their "user_agent".
+ */
+
+ngx_http_civchat_profile_t *
+ngx_http_civchat_state_install(ngx_http_civchat_zone_t *zone, json_t *j)
+{
+    char                        *text;
+    json_t                      *v, *ua;
+    ngx_str_t                    key;
+    ngx_http_civchat_profile_t  *pr;
+
     text = NULL;
 
     v = json_object_get(j, "key");
     if (!json_is_string(v)) {
-        goto done;
+        return NULL;
     }
 
     key.data = (u_char *) json_string_value(v);
@@ -423,14 +510,13 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
     if (!ngx_http_civchat_valid_key(key.data, key.len)
         || ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY, &key))
     {
-        goto done;
+        return NULL;
     }
 
     pr = ngx_http_civchat_store_create(zone, &key, 0);
     if (pr == NULL) {
-        goto done;
+        return NULL;
     }
-
 
     pr->first_seen = json_integer_value(json_object_get(j, "first_seen"));
     pr->last_seen = json_integer_value(json_object_get(j, "last_seen"));
@@ -446,17 +532,21 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
                                         json_object_get(j, "email"), v)
            != NGX_OK)
     {
-        goto done;
+        goto failed;
     }
 
     if (json_is_true(json_object_get(j, "key_retired"))) {
         pr->key.flags |= NGX_HTTP_CIVCHAT_KEY_RETIRED;
+        pr->key.retired = (uint16_t) json_integer_value(
+                                     json_object_get(j, "key_retired_at"));
     }
 
-    ngx_http_civchat_state_alias(zone, pr, json_object_get(j, "aliases"), 0);
+    ngx_http_civchat_state_alias(zone, pr, json_object_get(j, "aliases"),
+                                 NULL, 0);
     ngx_http_civchat_state_alias(zone, pr, json_object_get(j, "unproved"),
-                                 NGX_HTTP_CIVCHAT_KEY_UNPROVED);
+                                 NULL, NGX_HTTP_CIVCHAT_KEY_UNPROVED);
     ngx_http_civchat_state_alias(zone, pr, json_object_get(j, "retired"),
+                                 json_object_get(j, "retired_at"),
                                  NGX_HTTP_CIVCHAT_KEY_RETIRED);
 
     v = json_object_get(j, "attrs");
@@ -478,20 +568,20 @@ ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone, u_char *line,
                                                 ngx_strlen(text))
                != NGX_OK)
         {
-            goto done;
+            goto failed;
         }
     }
 
-    rc = NGX_OK;
-
-done:
-
-    /* loading runs alone, before any worker: nothing else to protect */
-    ngx_http_civchat_store_unpin(zone);
     free(text);
-    json_decref(j);
 
-    return rc;
+    return pr;
+
+failed:
+
+    free(text);
+    ngx_http_civchat_store_delete(zone, pr);
+
+    return NULL;
 }
 
 
@@ -535,25 +625,39 @@ ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
 }
 
 
-/* keys of a profile from its line: sessions, unproved or retired ones */
+/*
+ * Keys of a profile from its line: sessions, unproved or retired ones
+ * (with the minutes they were retired, when the line has them).
+ */
 
 static void
 ngx_http_civchat_state_alias(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_profile_t *pr, json_t *list, u_char flags)
+    ngx_http_civchat_profile_t *pr, json_t *list, json_t *minutes,
+    u_char flags)
 {
-    size_t      i;
-    json_t     *v;
-    ngx_str_t   key;
+    size_t                     i;
+    json_t                    *v, *m;
+    ngx_str_t                  key;
+    ngx_http_civchat_index_t  *ix;
 
     json_array_foreach(list, i, v) {
         key.data = (u_char *) json_string_value(v);
         key.len = json_string_length(v);
 
-        if (key.data && ngx_http_civchat_valid_key(key.data, key.len)
-            && ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY,
-                                            &key) == NULL)
+        if (key.data == NULL || !ngx_http_civchat_valid_key(key.data, key.len)
+            || ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY,
+                                            &key) != NULL
+            || ngx_http_civchat_store_add_key(zone, pr, &key, flags) != NGX_OK)
         {
-            (void) ngx_http_civchat_store_add_key(zone, pr, &key, flags);
+            continue;
+        }
+
+        m = json_array_get(minutes, i);
+        ix = ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY,
+                                          &key);
+
+        if (json_is_integer(m) && ix != NULL) {
+            ix->retired = (uint16_t) json_integer_value(m);
         }
     }
 }
