@@ -893,7 +893,7 @@ ngx_http_civchat_api_profile(ngx_http_request_t *r,
 
     rc = ngx_http_civchat_resolve(r, ctx, &plan,
                                   (op == NGX_HTTP_CIVCHAT_OP_DELETE)
-                                  ? NULL : &rec);
+                                  ? NULL : &rec, NULL);
     if (rc != NGX_OK) {
         return rc;
     }

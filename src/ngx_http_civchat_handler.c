@@ -30,6 +30,9 @@ static ngx_int_t ngx_http_civchat_process(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_process_parsed(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+static void ngx_http_civchat_resolved(ngx_http_request_t *r, ngx_int_t rc);
+static ngx_int_t ngx_http_civchat_process_resolved(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_civchat_back_pressure(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_record(ngx_http_request_t *r,
@@ -42,7 +45,6 @@ static ngx_int_t ngx_http_civchat_api_key(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 static ngx_int_t ngx_http_civchat_unprofiled(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *name, json_t *attrs);
-static void ngx_http_civchat_pixel_cleanup(void *data);
 
 
 ngx_int_t
@@ -152,7 +154,7 @@ ngx_http_civchat_pixel(ngx_http_request_t *r, ngx_http_civchat_loc_conf_t *lcf)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    cln->handler = ngx_http_civchat_pixel_cleanup;
+    cln->handler = ngx_http_civchat_json_cleanup;
     cln->data = ctx->body;
 
     if (ngx_http_civchat_pixel_arg(r, ctx->body, "apiKey", "apiKey")
@@ -168,18 +170,17 @@ ngx_http_civchat_pixel(ngx_http_request_t *r, ngx_http_civchat_loc_conf_t *lcf)
 
     rc = ngx_http_civchat_process_parsed(r, ctx);
 
+    if (ctx->waiting) {
+        /* for the profile's store: finalized when it has answered */
+        r->main->count++;
+        return NGX_DONE;
+    }
+
     if (rc == NGX_DONE && ctx->answered) {
         rc = ctx->answer_rc;
     }
 
     return rc;
-}
-
-
-static void
-ngx_http_civchat_pixel_cleanup(void *data)
-{
-    json_decref(data);
 }
 
 
@@ -346,6 +347,11 @@ ngx_http_civchat_body_handler(ngx_http_request_t *r)
 
     rc = ngx_http_civchat_process(r, ctx);
 
+    if (ctx->waiting) {
+        /* the profile's store answers later (ngx_http_civchat_resolved) */
+        return;
+    }
+
     if (rc == NGX_DONE && ctx->answered) {
         /* an error answer was sent on the way */
         rc = ctx->answer_rc;
@@ -381,23 +387,35 @@ ngx_http_civchat_process_parsed(ngx_http_request_t *r,
 {
     json_t                   *attrs;
     ngx_int_t                 rc;
-    ngx_str_t                 name;
-    ngx_http_civchat_plan_t   plan;
+    ngx_pool_cleanup_t       *cln;
+    ngx_http_civchat_plan_t  *plan;
 
     rc = ngx_http_civchat_api_key(r, ctx);
     if (rc != NGX_OK) {
         return rc;
     }
 
-    rc = ngx_http_civchat_custom_check(r, ctx, &name, &attrs);
+    rc = ngx_http_civchat_custom_check(r, ctx, &ctx->custom_name, &attrs);
+
+    if (attrs != NULL) {
+        /* kept until the answer, which may come after a round trip */
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            json_decref(attrs);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_http_civchat_json_cleanup;
+        cln->data = attrs;
+        ctx->custom_attrs = attrs;
+    }
+
     if (rc != NGX_OK) {
-        json_decref(attrs);
         return rc;
     }
 
     rc = ngx_http_civchat_back_pressure(r, ctx);
     if (rc != NGX_OK) {
-        json_decref(attrs);
         return rc;
     }
 
@@ -405,36 +423,79 @@ ngx_http_civchat_process_parsed(ngx_http_request_t *r,
     ngx_http_civchat_privacy(r, ctx);
 
     if (ctx->anonymous || ctx->bot) {
-        rc = ngx_http_civchat_unprofiled(r, ctx, &name, attrs);
-        json_decref(attrs);
-        return rc;
+        return ngx_http_civchat_unprofiled(r, ctx, &ctx->custom_name,
+                                           ctx->custom_attrs);
     }
 
-    rc = ngx_http_civchat_plan(r, ctx, &plan);
+    plan = ngx_palloc(r->pool, sizeof(ngx_http_civchat_plan_t));
+    if (plan == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_civchat_plan(r, ctx, plan);
 
     if (rc == NGX_OK) {
-        rc = ngx_http_civchat_resolve(r, ctx, &plan, NULL);
+        rc = ngx_http_civchat_resolve(r, ctx, plan, NULL,
+                                      ngx_http_civchat_resolved);
+
+        if (rc == NGX_DONE) {
+            ctx->waiting = 1;
+            return NGX_DONE;
+        }
     }
 
+    return ngx_http_civchat_process_resolved(r, ctx, rc);
+}
+
+
+/* the profile's store answered after a round trip (a zone on Redis) */
+
+static void
+ngx_http_civchat_resolved(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_http_civchat_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+
+    ctx->waiting = 0;
+
+    rc = ngx_http_civchat_process_resolved(r, ctx, rc);
+
+    if (rc == NGX_DONE && ctx->answered) {
+        rc = ctx->answer_rc;
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(r->connection);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_process_resolved(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc)
+{
     if (rc == NGX_BUSY) {
         /* another tab was given the new key a moment ago */
-        json_decref(attrs);
         return ngx_http_civchat_error(r, NGX_HTTP_CONFLICT, "key_replaced",
                                       "%s", "this visitor key was just "
                                       "replaced; send the request again "
                                       "with the new one");
     }
 
+    if (rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        return ngx_http_civchat_unavailable(r, "1", "the profile store "
+                                            "(Redis) is not answering, retry "
+                                            "later");
+    }
+
     if (rc != NGX_OK) {
-        json_decref(attrs);
         return ngx_http_civchat_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
                                       "internal_error", "%s",
                                       "the profile could not be stored");
     }
 
-    rc = ngx_http_civchat_record(r, ctx, &name, attrs);
-
-    json_decref(attrs);
+    rc = ngx_http_civchat_record(r, ctx, &ctx->custom_name,
+                                 ctx->custom_attrs);
 
     if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -450,23 +511,14 @@ static ngx_int_t
 ngx_http_civchat_back_pressure(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx)
 {
-    ngx_str_t  retry;
-
     if (ctx->lcf->sink == NULL || !ngx_http_civchat_sink_full(ctx->lcf->sink))
     {
         return NGX_OK;
     }
 
-    ngx_str_set(&retry, "5");
-
-    if (ngx_http_civchat_add_header(r, "Retry-After", &retry) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_civchat_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "store_unavailable", "%s",
-                                  "the event store is down and the "
-                                  "spool is full, retry later");
+    return ngx_http_civchat_unavailable(r, "5", "the event store is down "
+                                        "and the spool is full, retry "
+                                        "later");
 }
 
 

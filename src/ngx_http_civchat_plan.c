@@ -22,7 +22,21 @@
  */
 
 
-#define NGX_HTTP_CIVCHAT_APPLY_TRIES     3
+/* a fresh key, a user_hash checked, reads and conflicts on Redis */
+#define NGX_HTTP_CIVCHAT_APPLY_TRIES     12
+
+
+typedef struct {
+    ngx_http_request_t               *request;
+    ngx_http_civchat_ctx_t           *ctx;
+    ngx_http_civchat_plan_t          *plan;
+    ngx_http_civchat_result_t         res;
+    ngx_http_civchat_resolved_pt      handler;
+    ngx_uint_t                        tries;
+    ngx_uint_t                        ignored;   /* before the first apply */
+    ngx_uint_t                        events;
+    unsigned                          wrote:1;
+} ngx_http_civchat_resolving_t;
 
 
 static void ngx_http_civchat_plan_identity(ngx_http_request_t *r,
@@ -39,6 +53,13 @@ static ngx_uint_t ngx_http_civchat_request_field(ngx_str_t *name);
 static void ngx_http_civchat_plan_visit(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_plan_t *plan);
 static uint32_t ngx_http_civchat_auto_sig(ngx_http_civchat_plan_t *plan);
+static ngx_int_t ngx_http_civchat_resolve_step(
+    ngx_http_civchat_resolving_t *rs);
+static void ngx_http_civchat_resolve_redis(void *data, ngx_int_t rc);
+static ngx_int_t ngx_http_civchat_resolve_failed(
+    ngx_http_civchat_resolving_t *rs);
+static ngx_int_t ngx_http_civchat_resolve_done(
+    ngx_http_civchat_resolving_t *rs, ngx_int_t rc);
 
 
 /*
@@ -506,61 +527,186 @@ ngx_http_civchat_auto_sig(ngx_http_civchat_plan_t *plan)
 
 /*
  * Applies a request's plan to its zone, minting a key or checking the
- * user_hash first when the zone says it needs them.  NGX_BUSY: the
- * browser's key was replaced a moment ago; NGX_DECLINED: the server
- * API's profile does not exist.
+ * user_hash first when the zone says it needs them, and, on a zone on
+ * Redis, reading the plan's profiles or writing what it changed (which
+ * takes a round trip: NGX_DONE, and handler(r, rc) is called later).
+ * NGX_BUSY: the browser's key was replaced a moment ago; NGX_DECLINED:
+ * the server API's profile does not exist; NGX_HTTP_SERVICE_UNAVAILABLE:
+ * Redis is needed and does not answer.
  */
 
 ngx_int_t
 ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
-    ngx_http_civchat_plan_t *plan, ngx_http_civchat_record_t *record)
+    ngx_http_civchat_plan_t *plan, ngx_http_civchat_record_t *record,
+    ngx_http_civchat_resolved_pt handler)
+{
+    ngx_http_civchat_resolving_t  *rs;
+
+    rs = ngx_pcalloc(r->pool, sizeof(ngx_http_civchat_resolving_t));
+    if (rs == NULL) {
+        return NGX_ERROR;
+    }
+
+    rs->request = r;
+    rs->ctx = ctx;
+    rs->plan = plan;
+    rs->handler = handler;
+    rs->res.ignored = &ctx->ignored;
+    rs->res.events = &ctx->events;
+    rs->res.record = record;
+    rs->res.pool = r->pool;
+    rs->ignored = ctx->ignored.nelts;
+    rs->events = ctx->events.nelts;
+
+    if (ctx->lcf->zone->cluster != NULL) {
+        rs->res.sync = ngx_http_civchat_cluster_sync(ctx->lcf->zone, r->pool,
+                                                     r->connection->log);
+        if (rs->res.sync == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_http_civchat_resolve_step(rs);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_resolve_step(ngx_http_civchat_resolving_t *rs)
 {
     ngx_int_t                   rc;
-    ngx_uint_t                  i;
-    ngx_http_civchat_stats_t   *st;
-    ngx_http_civchat_result_t   res;
+    ngx_uint_t                  needs;
+    ngx_http_civchat_plan_t    *plan;
+    ngx_http_civchat_result_t  *res;
 
-    ngx_memzero(&res, sizeof(ngx_http_civchat_result_t));
+    plan = rs->plan;
+    res = &rs->res;
 
-    rc = NGX_ERROR;
-    res.ignored = &ctx->ignored;
-    res.events = &ctx->events;
-    res.record = record;
-    res.pool = r->pool;
+    for ( ;; ) {
 
-    for (i = 0; i < NGX_HTTP_CIVCHAT_APPLY_TRIES; i++) {
-
-        rc = ngx_http_civchat_zone_apply(ctx->lcf->zone, plan, &res);
-
-        if (rc != NGX_AGAIN) {
-            break;
+        if (rs->tries++ == NGX_HTTP_CIVCHAT_APPLY_TRIES) {
+            /* Redis kept changing under the plan */
+            return ngx_http_civchat_resolve_done(rs,
+                                                 res->sync
+                                                 ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                                 : NGX_ERROR);
         }
 
-        if ((res.needs & NGX_HTTP_CIVCHAT_NEEDS_KEY) && !plan->fresh_set) {
-            if (ngx_http_civchat_mint_key(r, plan->fresh) != NGX_OK) {
-                return NGX_ERROR;
+        /* an apply that was undone leaves nothing behind */
+        rs->ctx->ignored.nelts = rs->ignored;
+        rs->ctx->events.nelts = rs->events;
+        res->unverified = 0;
+        res->needs = 0;
+
+        rc = ngx_http_civchat_zone_apply(rs->ctx->lcf->zone, plan, res);
+
+        needs = res->needs;
+
+        if (rc == NGX_AGAIN && (needs & NGX_HTTP_CIVCHAT_NEEDS_KEY)
+            && !plan->fresh_set)
+        {
+            if (ngx_http_civchat_mint_key(rs->request, plan->fresh)
+                != NGX_OK)
+            {
+                return ngx_http_civchat_resolve_done(rs, NGX_ERROR);
             }
 
             plan->fresh_set = 1;
         }
 
-        if (res.needs & NGX_HTTP_CIVCHAT_NEEDS_PROOF) {
-            ngx_http_civchat_plan_prove(plan, ctx->lcf);
+        if (rc == NGX_AGAIN && (needs & NGX_HTTP_CIVCHAT_NEEDS_PROOF)) {
+            ngx_http_civchat_plan_prove(plan, rs->ctx->lcf);
+        }
+
+        if ((rc == NGX_AGAIN && (needs & NGX_HTTP_CIVCHAT_NEEDS_REDIS))
+            || (rc == NGX_OK && (needs & NGX_HTTP_CIVCHAT_NEEDS_WRITE)))
+        {
+            rs->wrote = (rc == NGX_OK);
+
+            rc = ngx_http_civchat_cluster_run(res->sync, needs,
+                                              ngx_http_civchat_resolve_redis,
+                                              rs);
+            if (rc == NGX_DONE) {
+                return NGX_DONE;
+            }
+
+            if (ngx_http_civchat_resolve_failed(rs) != NGX_OK) {
+                return ngx_http_civchat_resolve_done(rs,
+                                                NGX_HTTP_SERVICE_UNAVAILABLE);
+            }
+
+            continue;
+        }
+
+        if (rc != NGX_AGAIN) {
+            return ngx_http_civchat_resolve_done(rs, rc);
+        }
+    }
+}
+
+
+/* Redis answered (NGX_OK), found a conflict (NGX_DECLINED), or failed */
+
+static void
+ngx_http_civchat_resolve_redis(void *data, ngx_int_t rc)
+{
+    ngx_http_civchat_resolving_t *rs = data;
+
+    if (rc == NGX_OK && rs->wrote) {
+        /* written: the apply that made the writes was the answer */
+        rc = ngx_http_civchat_resolve_done(rs, NGX_OK);
+
+    } else if (rc == NGX_ERROR
+               && ngx_http_civchat_resolve_failed(rs) != NGX_OK)
+    {
+        rc = ngx_http_civchat_resolve_done(rs, NGX_HTTP_SERVICE_UNAVAILABLE);
+
+    } else {
+        rc = ngx_http_civchat_resolve_step(rs);
+
+        if (rc == NGX_DONE) {
+            return;
         }
     }
 
-    if (rc != NGX_OK) {
-        return (rc == NGX_AGAIN) ? NGX_ERROR : rc;
+    rs->handler(rs->request, rc);
+}
+
+
+/*
+ * Redis does not answer: with redis_down=cache, what the cache holds is
+ * used (and what must be written still fails); else nothing is.
+ */
+
+static ngx_int_t
+ngx_http_civchat_resolve_failed(ngx_http_civchat_resolving_t *rs)
+{
+    if (rs->wrote || !ngx_http_civchat_cluster_down(rs->res.sync)) {
+        return NGX_ERROR;
     }
 
-    ctx->user = res.user;
-    ctx->resolved = 1;
+    return NGX_OK;
+}
 
-    if (res.unverified) {
-        st = ngx_http_civchat_stats(r);
+
+static ngx_int_t
+ngx_http_civchat_resolve_done(ngx_http_civchat_resolving_t *rs,
+    ngx_int_t rc)
+{
+    ngx_http_civchat_stats_t  *st;
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rs->ctx->user = rs->res.user;
+    rs->ctx->resolved = 1;
+
+    if (rs->res.unverified) {
+        st = ngx_http_civchat_stats(rs->request);
 
         if (st != NULL) {
-            ngx_http_civchat_count(r, &st->unverified, res.unverified);
+            ngx_http_civchat_count(rs->request, &st->unverified,
+                                   rs->res.unverified);
         }
     }
 

@@ -525,3 +525,23 @@ ngx_http_civchat_short_name(ngx_str_t *name)
         name->len--;
     }
 }
+
+
+/* 503 store_unavailable, with when to try again */
+
+ngx_int_t
+ngx_http_civchat_unavailable(ngx_http_request_t *r, const char *retry,
+    const char *detail)
+{
+    ngx_str_t  value;
+
+    value.data = (u_char *) retry;
+    value.len = ngx_strlen(retry);
+
+    if (ngx_http_civchat_add_header(r, "Retry-After", &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_civchat_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "store_unavailable", "%s", detail);
+}

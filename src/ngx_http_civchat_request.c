@@ -25,7 +25,6 @@ typedef struct {
 } ngx_http_civchat_origin_t;
 
 
-static void ngx_http_civchat_json_cleanup(void *data);
 static void ngx_http_civchat_context_field(ngx_http_civchat_ctx_t *ctx,
     const char *name, ngx_str_t *out);
 static void ngx_http_civchat_header_text(ngx_http_request_t *r,
@@ -187,7 +186,9 @@ ngx_http_civchat_parse_body(ngx_http_request_t *r,
 }
 
 
-static void
+/* a pool cleanup: the jansson value data goes with the pool */
+
+void
 ngx_http_civchat_json_cleanup(void *data)
 {
     json_decref(data);

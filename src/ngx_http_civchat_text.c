@@ -32,8 +32,6 @@ typedef struct {
 
 
 static u_char *ngx_http_civchat_text_skip(u_char *p, u_char *last);
-static ngx_int_t ngx_http_civchat_text_next(u_char **pos, u_char *last,
-    ngx_str_t *name, ngx_str_t *value);
 static ngx_int_t ngx_http_civchat_text_changed(ngx_pool_t *pool,
     ngx_http_civchat_result_t *res, ngx_http_civchat_change_t *c,
     ngx_str_t *old, ngx_str_t *value);
@@ -387,7 +385,12 @@ ngx_http_civchat_text_find(ngx_str_t *text, const char *quoted, size_t len,
  * previous member.  NGX_DONE at the end.
  */
 
-static ngx_int_t
+/*
+ * The next member of an object's text: its name as JSON (quoted) and
+ * its value's text; NGX_DONE after the last.
+ */
+
+ngx_int_t
 ngx_http_civchat_text_next(u_char **pos, u_char *last, ngx_str_t *name,
     ngx_str_t *value)
 {
