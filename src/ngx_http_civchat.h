@@ -97,6 +97,8 @@ typedef struct ngx_http_civchat_profile_s  ngx_http_civchat_profile_t;
 typedef struct ngx_http_civchat_geoip_s  ngx_http_civchat_geoip_t;
 typedef struct ngx_http_civchat_http_s   ngx_http_civchat_http_t;
 typedef struct ngx_http_civchat_widget_s  ngx_http_civchat_widget_t;
+typedef struct ngx_http_civchat_cluster_s  ngx_http_civchat_cluster_t;
+typedef struct ngx_http_civchat_sync_s   ngx_http_civchat_sync_t;
 
 
 /* what a store has done, shared by the workers (status.c) */
@@ -210,6 +212,7 @@ struct ngx_http_civchat_profile_s {
     uint32_t                      page_views;
     uint32_t                      sessions;
     uint32_t                      user_agent; /* ua_t, from the pool */
+    uint32_t                      cache;     /* on Redis: its cached_t */
 
     /*
      * what a visit that changes nothing needs without reading the
@@ -351,6 +354,7 @@ typedef struct {
     ngx_uint_t                    full_logged;
     ngx_uint_t                    live_size; /* civchat_zone live= */
     ngx_http_civchat_live_sh_t   *live;      /* made with the first stream */
+    void                         *cluster;   /* on Redis: cluster_sh_t */
 } ngx_http_civchat_shctx_t;
 
 
@@ -364,6 +368,7 @@ struct ngx_http_civchat_zone_s {
     ngx_event_t                   save_event;
     ngx_log_t                    *log;
     ngx_uint_t                    live_size; /* civchat_zone live= */
+    ngx_http_civchat_cluster_t   *cluster;   /* redis=: its profiles */
 
     /* per worker: the live streams it holds */
     ngx_rbtree_t                  streams;
@@ -592,12 +597,15 @@ typedef struct {
     ngx_uint_t                    needs;          /* NGX_AGAIN: see below */
     ngx_http_civchat_profile_t   *profile;        /* under the lock only */
     ngx_http_civchat_index_t     *session;        /* the browser's key */
+    ngx_http_civchat_sync_t      *sync;           /* on Redis, or NULL */
 } ngx_http_civchat_result_t;
 
 
 /* what a plan must bring before it can be applied (NGX_AGAIN) */
 #define NGX_HTTP_CIVCHAT_NEEDS_KEY       0x01   /* a fresh key */
 #define NGX_HTTP_CIVCHAT_NEEDS_PROOF     0x02   /* the user_hash checked */
+#define NGX_HTTP_CIVCHAT_NEEDS_REDIS     0x04   /* profiles read from Redis */
+#define NGX_HTTP_CIVCHAT_NEEDS_WRITE     0x08   /* NGX_OK, once written */
 
 
 typedef struct {
@@ -627,6 +635,10 @@ typedef struct {
     unsigned                      geo_done:1;
     unsigned                      anonymous:1;    /* Sec-GPC or DNT */
     unsigned                      bot:1;
+    unsigned                      waiting:1;      /* for Redis */
+
+    ngx_str_t                     custom_name;    /* custom.c's, kept */
+    json_t                       *custom_attrs;   /* across the wait */
 } ngx_http_civchat_ctx_t;
 
 
@@ -662,6 +674,7 @@ ngx_http_civchat_ctx_t *ngx_http_civchat_new_ctx(ngx_http_request_t *r,
 ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body);
 ngx_int_t ngx_http_civchat_parse_body(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
+void ngx_http_civchat_json_cleanup(void *data);
 void ngx_http_civchat_context(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 void ngx_http_civchat_clean_text(ngx_http_request_t *r, ngx_str_t *in,
@@ -689,6 +702,8 @@ ngx_int_t ngx_http_civchat_answer(ngx_http_request_t *r,
 ngx_int_t ngx_http_civchat_answer_unprofiled(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
 ngx_int_t ngx_http_civchat_send_gif(ngx_http_request_t *r);
+ngx_int_t ngx_http_civchat_unavailable(ngx_http_request_t *r,
+    const char *retry, const char *detail);
 
 /* custom.c */
 ngx_int_t ngx_http_civchat_custom_check(ngx_http_request_t *r,
@@ -729,9 +744,12 @@ ngx_int_t ngx_http_civchat_plan_api(ngx_http_request_t *r,
     ngx_uint_t op, u_char kind, ngx_str_t *id);
 void ngx_http_civchat_plan_prove(ngx_http_civchat_plan_t *plan,
     ngx_http_civchat_loc_conf_t *lcf);
+typedef void (*ngx_http_civchat_resolved_pt)(ngx_http_request_t *r,
+    ngx_int_t rc);
+
 ngx_int_t ngx_http_civchat_resolve(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_plan_t *plan,
-    ngx_http_civchat_record_t *record);
+    ngx_http_civchat_record_t *record, ngx_http_civchat_resolved_pt handler);
 
 /* zone.c: the only file that takes the zone's lock */
 char *ngx_http_civchat_zone_add(ngx_conf_t *cf,
@@ -772,6 +790,8 @@ ngx_int_t ngx_http_civchat_text_missing(ngx_str_t *into, ngx_str_t *from,
     ngx_str_t *out, ngx_pool_t *pool);
 void ngx_http_civchat_text_find(ngx_str_t *text, const char *quoted,
     size_t len, ngx_str_t *value);
+ngx_int_t ngx_http_civchat_text_next(u_char **pos, u_char *last,
+    ngx_str_t *name, ngx_str_t *value);
 ngx_int_t ngx_http_civchat_ignore(ngx_pool_t *pool, ngx_array_t *ignored,
     const char *name, size_t len, const char *reason);
 ngx_int_t ngx_http_civchat_add_event(ngx_pool_t *pool, ngx_array_t *events,
@@ -811,6 +831,7 @@ void ngx_http_civchat_store_pin(ngx_http_civchat_zone_t *zone,
 void ngx_http_civchat_store_unpin(ngx_http_civchat_zone_t *zone);
 void *ngx_http_civchat_store_alloc(ngx_http_civchat_zone_t *zone,
     size_t size);
+void ngx_http_civchat_store_free(ngx_http_civchat_zone_t *zone, void *p);
 ngx_int_t ngx_http_civchat_store_set_ua(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p, ngx_str_t *ua);
 void ngx_http_civchat_store_ua(ngx_http_civchat_zone_t *zone,
@@ -876,6 +897,11 @@ ngx_int_t ngx_http_civchat_state_dump(ngx_http_civchat_zone_t *zone,
     ngx_log_t *log, ngx_str_t *text, ngx_uint_t *changes);
 ngx_int_t ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,
     u_char *buf, size_t len, ngx_log_t *log);
+size_t ngx_http_civchat_state_identity_size(ngx_http_civchat_profile_t *pr);
+u_char *ngx_http_civchat_state_identity(u_char *p,
+    ngx_http_civchat_profile_t *pr);
+ngx_http_civchat_profile_t *ngx_http_civchat_state_install(
+    ngx_http_civchat_zone_t *zone, json_t *j);
 
 /* attrs.c, name.c: attributes (ngx_http_civchat_attrs.h) */
 ngx_int_t ngx_http_civchat_normalize_name(ngx_pool_t *pool, u_char *name,
@@ -979,6 +1005,25 @@ ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
 
 /* redis.c, resp.c: the Redis Cluster client */
 #include "ngx_http_civchat_redis.h"
+
+
+/* cluster.c, behind.c: a zone's profiles on Redis (cluster.h) */
+#define NGX_HTTP_CIVCHAT_DOWN_CACHE      0      /* redis_down=cache */
+#define NGX_HTTP_CIVCHAT_DOWN_REFUSE     1      /* redis_down=refuse */
+
+char *ngx_http_civchat_cluster_conf(ngx_conf_t *cf,
+    ngx_http_civchat_zone_t *zone, ngx_str_t *name, ngx_uint_t down,
+    ngx_msec_t flush);
+ngx_int_t ngx_http_civchat_cluster_resolve(ngx_conf_t *cf,
+    ngx_http_civchat_zone_t *zone, ngx_array_t *clusters);
+ngx_http_civchat_sync_t *ngx_http_civchat_cluster_sync(
+    ngx_http_civchat_zone_t *zone, ngx_pool_t *pool, ngx_log_t *log);
+ngx_int_t ngx_http_civchat_cluster_run(ngx_http_civchat_sync_t *sync,
+    ngx_uint_t needs, void (*done)(void *data, ngx_int_t rc), void *data);
+ngx_uint_t ngx_http_civchat_cluster_down(ngx_http_civchat_sync_t *sync);
+void ngx_http_civchat_behind_init_process(ngx_http_civchat_zone_t *zone,
+    ngx_cycle_t *cycle);
+void ngx_http_civchat_behind_exit_process(ngx_http_civchat_zone_t *zone);
 
 
 #endif /* _NGX_HTTP_CIVCHAT_H_INCLUDED_ */

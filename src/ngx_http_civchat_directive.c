@@ -31,8 +31,9 @@ ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ssize_t                    size;
     ngx_int_t                  n;
     ngx_str_t                 *value, s;
-    ngx_uint_t                 i;
-    ngx_msec_t                 interval;
+    ngx_str_t                  redis;
+    ngx_uint_t                 i, down;
+    ngx_msec_t                 interval, flush;
     ngx_http_civchat_zone_t   *zone, **zp;
 
     value = cf->args->elts;
@@ -45,6 +46,10 @@ ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     zone->name = value[1];
     zone->state_interval = 10000;
     zone->live_size = 64;
+
+    ngx_str_null(&redis);
+    down = NGX_HTTP_CIVCHAT_DOWN_CACHE;
+    flush = 100;
 
     size = ngx_parse_size(&value[2]);
 
@@ -102,7 +107,56 @@ ngx_http_civchat_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "redis=", 6) == 0) {
+            redis.data = value[i].data + 6;
+            redis.len = value[i].len - 6;
+
+            if (redis.len == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "redis_down=cache") == 0) {
+            down = NGX_HTTP_CIVCHAT_DOWN_CACHE;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "redis_down=refuse") == 0) {
+            down = NGX_HTTP_CIVCHAT_DOWN_REFUSE;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "redis_flush=", 12) == 0) {
+            s.data = value[i].data + 12;
+            s.len = value[i].len - 12;
+
+            flush = ngx_parse_time(&s, 0);
+            if (flush == (ngx_msec_t) NGX_ERROR || flush == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
         goto invalid;
+    }
+
+    if (redis.len) {
+        if (zone->state.len) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "civchat zone \"%V\": \"state=\" and "
+                               "\"redis=\" exclude each other (Redis keeps "
+                               "the profiles)", &zone->name);
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_http_civchat_cluster_conf(cf, zone, &redis, down, flush)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
     }
 
     if (ngx_http_civchat_zone_add(cf, zone, size) != NGX_CONF_OK) {

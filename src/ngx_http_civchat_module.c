@@ -710,12 +710,26 @@ ngx_http_civchat_preconf(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_civchat_init(ngx_conf_t *cf)
 {
+    ngx_uint_t                     i;
+    ngx_http_civchat_zone_t      **zones;
     ngx_http_civchat_main_conf_t  *mcf;
 
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_civchat_module);
 
     /* Last-Modified of widget.js: when this configuration was loaded */
     mcf->loaded = ngx_time();
+
+    /* civchat_zone ... redis=NAME may come before its civchat_redis */
+
+    zones = mcf->zones->elts;
+
+    for (i = 0; i < mcf->zones->nelts; i++) {
+        if (ngx_http_civchat_cluster_resolve(cf, zones[i], mcf->redis)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
 
     if (mcf->unverified_locations) {
         ngx_log_error(NGX_LOG_WARN, cf->log, 0,
@@ -774,6 +788,7 @@ ngx_http_civchat_init_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < mcf->zones->nelts; i++) {
         ngx_http_civchat_stream_init_process(zones[i], cycle);
+        ngx_http_civchat_behind_init_process(zones[i], cycle);
 
         /* one worker saves the zones periodically, the master at stop */
         if (ngx_worker == 0) {
@@ -809,6 +824,7 @@ ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < mcf->zones->nelts; i++) {
         ngx_http_civchat_stream_exit_process(zones[i]);
+        ngx_http_civchat_behind_exit_process(zones[i]);
     }
 
     if (mcf->redis != NULL) {

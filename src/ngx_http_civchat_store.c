@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_civchat.h"
+#include "ngx_http_civchat_cluster.h"
 
 
 /*
@@ -62,6 +63,10 @@ static void ngx_http_civchat_keys_cap(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p);
 static void ngx_http_civchat_retire_stamp(ngx_http_civchat_index_t *ix);
 static void ngx_http_civchat_ua_release(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p);
+static ngx_uint_t ngx_http_civchat_evictable(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p);
+static void ngx_http_civchat_cache_free(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p);
 
 /* a fresh zone's data (zone.c has mapped it and holds no lock yet) */
@@ -307,7 +312,7 @@ ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone)
             }
         }
 
-        if (i < zone->npinned) {
+        if (i < zone->npinned || !ngx_http_civchat_evictable(zone, p)) {
             continue;
         }
 
@@ -326,6 +331,64 @@ ngx_http_civchat_evict_one(ngx_http_civchat_zone_t *zone)
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * On Redis, a profile with a delta not written yet stays until it is
+ * written, and one made here until Redis has it.
+ */
+
+static ngx_uint_t
+ngx_http_civchat_evictable(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p)
+{
+    ngx_http_civchat_cached_t  *c;
+
+    c = ngx_http_civchat_cache_of(zone, p);
+
+    return c == NULL
+           || !(c->flags & (NGX_HTTP_CIVCHAT_CACHE_DIRTY
+                            |NGX_HTTP_CIVCHAT_CACHE_FLUSHING
+                            |NGX_HTTP_CIVCHAT_CACHE_NEW));
+}
+
+
+void
+ngx_http_civchat_store_free(ngx_http_civchat_zone_t *zone, void *p)
+{
+    ngx_http_civchat_free(zone, p);
+}
+
+
+/* a profile's cache part (cluster.h) goes with it, delta and all */
+
+static void
+ngx_http_civchat_cache_free(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p)
+{
+    ngx_http_civchat_cached_t      *c;
+    ngx_http_civchat_cluster_sh_t  *csh;
+
+    c = ngx_http_civchat_cache_of(zone, p);
+
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->flags & NGX_HTTP_CIVCHAT_CACHE_DIRTY) {
+        csh = zone->sh->cluster;
+        ngx_queue_remove(&c->dirty);
+        csh->ndirty--;
+    }
+
+    if (c->names) {
+        ngx_http_civchat_free(zone, ngx_http_civchat_cache_ptr(zone,
+                                                                c->names));
+    }
+
+    ngx_http_civchat_free(zone, c);
+    p->cache = 0;
 }
 
 
@@ -823,6 +886,7 @@ ngx_http_civchat_store_delete(ngx_http_civchat_zone_t *zone,
 
     ngx_http_civchat_free(zone, p->blob);
     ngx_http_civchat_ua_release(zone, p);
+    ngx_http_civchat_cache_free(zone, p);
 
     ngx_queue_remove(&p->lru);
     ngx_http_civchat_free(zone, p);

@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_civchat.h"
+#include "ngx_http_civchat_cluster.h"
 
 
 /*
@@ -86,6 +87,14 @@ ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     zone->log = shm_zone->shm.log;
 
     if (ozone) {
+        if ((ozone->cluster == NULL) != (zone->cluster == NULL)) {
+            ngx_log_error(NGX_LOG_EMERG, zone->log, 0,
+                          "civchat zone \"%V\" cannot move to or from "
+                          "Redis on a reload: give it a new name, or "
+                          "restart nginx", &zone->name);
+            return NGX_ERROR;
+        }
+
         /* a reload: the old cycle's zone keeps its profiles */
         zone->sh = ozone->sh;
         zone->shpool = ozone->shpool;
@@ -108,7 +117,10 @@ ngx_http_civchat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     zone->shpool->data = zone->sh;
     zone->sh->live_size = zone->live_size;
 
-    if (ngx_http_civchat_store_init(zone) != NGX_OK) {
+    if (ngx_http_civchat_store_init(zone) != NGX_OK
+        || (zone->cluster != NULL
+            && ngx_http_civchat_cache_init(zone) != NGX_OK))
+    {
         return NGX_ERROR;
     }
 
@@ -159,12 +171,31 @@ ngx_int_t
 ngx_http_civchat_zone_apply(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_plan_t *plan, ngx_http_civchat_result_t *res)
 {
-    ngx_int_t   rc;
-    ngx_uint_t  from;
+    ngx_int_t                 rc;
+    ngx_uint_t                from;
+    ngx_http_civchat_sync_t  *sync;
 
     from = res->events->nelts;
+    sync = res->sync;
 
     ngx_http_civchat_zone_lock(zone);
+
+    if (sync != NULL) {
+        /* on Redis: the plan's profiles must be in the cache, fresh */
+
+        rc = ngx_http_civchat_cache_needs(zone, plan, sync);
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_civchat_cache_before(zone, sync);
+
+        } else if (rc == NGX_AGAIN) {
+            res->needs = NGX_HTTP_CIVCHAT_NEEDS_REDIS;
+        }
+
+        if (rc != NGX_OK) {
+            goto done;
+        }
+    }
 
     rc = ngx_http_civchat_rules_apply(zone, plan, res);
 
@@ -174,7 +205,7 @@ ngx_http_civchat_zone_apply(ngx_http_civchat_zone_t *zone,
 
     if (plan->op == NGX_HTTP_CIVCHAT_OP_DELETE) {
         rc = ngx_http_civchat_zone_delete(zone, res);
-        goto done;
+        goto written;
     }
 
     if (plan->op != NGX_HTTP_CIVCHAT_OP_READ
@@ -182,7 +213,7 @@ ngx_http_civchat_zone_apply(ngx_http_civchat_zone_t *zone,
     {
         rc = ngx_http_civchat_zone_attrs(zone, plan, res);
         if (rc != NGX_OK) {
-            goto done;
+            goto written;
         }
     }
 
@@ -194,6 +225,28 @@ ngx_http_civchat_zone_apply(ngx_http_civchat_zone_t *zone,
 
     if (rc == NGX_OK && plan->live) {
         ngx_http_civchat_zone_tell(zone, res, from);
+    }
+
+written:
+
+    if (sync != NULL) {
+        /* what must reach Redis before the answer (NGX_AGAIN) */
+
+        switch (rc == NGX_OK
+                ? ngx_http_civchat_cache_after(zone, plan, res, sync)
+                : NGX_ERROR)
+        {
+        case NGX_OK:
+            break;
+
+        case NGX_AGAIN:
+            res->needs = NGX_HTTP_CIVCHAT_NEEDS_WRITE;
+            break;
+
+        default:
+            ngx_http_civchat_cache_undo(zone, sync);
+            rc = NGX_ERROR;
+        }
     }
 
 done:
@@ -246,6 +299,10 @@ ngx_http_civchat_zone_attrs(ngx_http_civchat_zone_t *zone,
             text.len = 0;
         }
 
+        if (zone->cluster != NULL) {
+            ngx_http_civchat_cache_attrs(zone, p, plan, plan->visit);
+        }
+
         if (ngx_http_civchat_store_set_attrs(zone, p, text.data, text.len)
             != NGX_OK)
         {
@@ -270,18 +327,25 @@ static void
 ngx_http_civchat_zone_visit(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_plan_t *plan, ngx_http_civchat_profile_t *p)
 {
-    if (p->sessions == 0
-        || plan->now - (time_t) p->last_seen >= plan->session_timeout)
-    {
-        p->sessions++;
-    }
+    uint32_t    ua;
+    ngx_uint_t  session;
 
+    session = (p->sessions == 0
+               || plan->now - (time_t) p->last_seen >= plan->session_timeout);
+
+    p->sessions += session;
     p->page_views++;
     p->last_seen = (uint32_t) plan->now;
+
+    ua = p->user_agent;
 
     (void) ngx_http_civchat_store_set_ua(zone, p, &plan->user_agent);
 
     zone->sh->changes++;
+
+    if (zone->cluster != NULL) {
+        ngx_http_civchat_cache_visit(zone, p, session, ua != p->user_agent);
+    }
 }
 
 
@@ -827,4 +891,113 @@ ngx_http_civchat_zone_str(ngx_pool_t *pool, u_char *data, size_t len,
     out->len = len;
 
     return NGX_OK;
+}
+
+
+/*
+ * On Redis (cluster.h): what cluster.c and behind.c do to the cache,
+ * each under the lock.
+ */
+
+void
+ngx_http_civchat_zone_install(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync)
+{
+    ngx_http_civchat_zone_lock(zone);
+    ngx_http_civchat_cache_install(zone, sync);
+    ngx_http_civchat_zone_unlock(zone);
+}
+
+
+void
+ngx_http_civchat_zone_written(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync, ngx_int_t rc)
+{
+    ngx_http_civchat_zone_lock(zone);
+
+    if (rc == NGX_OK) {
+        ngx_http_civchat_cache_commit(zone, sync);
+
+    } else {
+        ngx_http_civchat_cache_undo(zone, sync);
+    }
+
+    ngx_http_civchat_zone_unlock(zone);
+}
+
+
+ngx_int_t
+ngx_http_civchat_zone_take(ngx_http_civchat_zone_t *zone, ngx_str_t *id,
+    ngx_pool_t *pool, ngx_http_civchat_write_t *w)
+{
+    ngx_int_t  rc;
+
+    ngx_http_civchat_zone_lock(zone);
+    rc = ngx_http_civchat_cache_take(zone, id, pool, w);
+    ngx_http_civchat_zone_unlock(zone);
+
+    return rc;
+}
+
+
+void
+ngx_http_civchat_zone_flushed(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_write_t *w, ngx_int_t rc, uint64_t old,
+    uint64_t version)
+{
+    ngx_http_civchat_zone_lock(zone);
+    ngx_http_civchat_cache_flushed(zone, w, rc, old, version);
+    ngx_http_civchat_zone_unlock(zone);
+}
+
+
+void
+ngx_http_civchat_zone_changed(ngx_http_civchat_zone_t *zone, ngx_str_t *id,
+    uint64_t version)
+{
+    ngx_http_civchat_zone_lock(zone);
+    ngx_http_civchat_cache_changed(zone, id, version);
+    ngx_http_civchat_zone_unlock(zone);
+}
+
+
+void
+ngx_http_civchat_zone_listen(ngx_http_civchat_zone_t *zone, ngx_int_t on)
+{
+    ngx_http_civchat_zone_lock(zone);
+    ngx_http_civchat_cache_listen(zone, on);
+    ngx_http_civchat_zone_unlock(zone);
+}
+
+
+ngx_int_t
+ngx_http_civchat_zone_dirty(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool,
+    ngx_array_t *ids, ngx_uint_t max)
+{
+    ngx_int_t  rc;
+
+    if (((ngx_http_civchat_cluster_sh_t *) zone->sh->cluster)->ndirty == 0) {
+        /* read without the lock: nothing to write is the common case */
+        return NGX_OK;
+    }
+
+    ngx_http_civchat_zone_lock(zone);
+    rc = ngx_http_civchat_cache_dirty(zone, pool, ids, max);
+    ngx_http_civchat_zone_unlock(zone);
+
+    return rc;
+}
+
+
+/* the channel's name for this host's own writes */
+
+void
+ngx_http_civchat_zone_origin(ngx_http_civchat_zone_t *zone, ngx_str_t *origin)
+{
+    ngx_http_civchat_cluster_sh_t  *csh;
+
+    csh = zone->sh->cluster;
+
+    origin->data = csh->origin;
+    origin->len = NGX_HTTP_CIVCHAT_KEY_LEN;
 }

@@ -1,0 +1,886 @@
+
+/*
+ * Copyright (C) civchat developers
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_civchat.h"
+#include "ngx_http_civchat_cluster.h"
+
+
+/*
+ * A plan against the cache of a zone on Redis (cluster.h), under the
+ * zone's lock (zone.c calls these): which of the plan's names the cache
+ * cannot answer fresh (cluster.c reads them, and they are installed
+ * here); before the rules, the identities of the profiles they resolve
+ * to; after, what the plan changed in those identities, which becomes
+ * the writes cluster.c makes before the answer; and what the cache
+ * does when they were made, or refused.
+ */
+
+static void ngx_http_civchat_cache_name(ngx_http_civchat_sync_t *sync,
+    u_char kind, ngx_str_t *value);
+static ngx_http_civchat_before_t *ngx_http_civchat_cache_find(
+    ngx_array_t *before, ngx_str_t *id);
+static ngx_int_t ngx_http_civchat_cache_profile(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync, ngx_http_civchat_profile_t *p,
+    ngx_http_civchat_before_t *b, ngx_uint_t trusted, ngx_array_t *after);
+static ngx_int_t ngx_http_civchat_cache_gone(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync, ngx_http_civchat_before_t *b);
+static ngx_int_t ngx_http_civchat_cache_claims(ngx_http_civchat_sync_t *sync,
+    ngx_str_t *id, ngx_array_t *names, ngx_array_t *before);
+static ngx_int_t ngx_http_civchat_cache_releases(
+    ngx_http_civchat_sync_t *sync, ngx_array_t *after);
+static ngx_http_civchat_name_t *ngx_http_civchat_cache_has(
+    ngx_array_t *names, ngx_http_civchat_name_t *n);
+static ngx_uint_t ngx_http_civchat_cache_same(ngx_array_t *a,
+    ngx_array_t *b);
+static ngx_http_civchat_write_t *ngx_http_civchat_cache_write(
+    ngx_http_civchat_sync_t *sync, ngx_uint_t type, ngx_str_t *id);
+static ngx_int_t ngx_http_civchat_cache_clear_names(
+    ngx_http_civchat_zone_t *zone, ngx_http_civchat_doc_t *doc);
+
+
+/*
+ * NGX_AGAIN when the plan names what the cache cannot answer fresh:
+ * sync->fetch lists the names Redis must be asked, sync->flush the
+ * profiles whose deltas must be written before they are read again.
+ */
+
+ngx_int_t
+ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_plan_t *plan, ngx_http_civchat_sync_t *sync)
+{
+    ngx_str_t                   *id;
+    ngx_uint_t                   i;
+    ngx_http_civchat_name_t     *n, **f;
+    ngx_http_civchat_index_t    *ix;
+    ngx_http_civchat_cached_t   *c;
+    ngx_http_civchat_profile_t  *p;
+
+    if (sync->nnames == 0) {
+        ngx_http_civchat_cache_name(sync, NGX_HTTP_CIVCHAT_BY_KEY,
+                                    &plan->key);
+        ngx_http_civchat_cache_name(sync, NGX_HTTP_CIVCHAT_BY_USER_ID,
+                                    &plan->user_id);
+        ngx_http_civchat_cache_name(sync, NGX_HTTP_CIVCHAT_BY_EMAIL,
+                                    &plan->email);
+        ngx_http_civchat_cache_name(sync, plan->by_kind, &plan->by_id);
+    }
+
+    sync->flush.nelts = 0;
+    sync->fetch.nelts = 0;
+
+    for (i = 0; i < sync->nnames; i++) {
+        n = &sync->names[i];
+
+        if (n->asked) {
+            /* Redis answered this request: the cache has what it said */
+            continue;
+        }
+
+        ix = ngx_http_civchat_store_index(zone, n->kind, &n->value);
+
+        if (ix != NULL) {
+            p = ngx_http_civchat_store_owner(zone, ix);
+            c = ngx_http_civchat_cache_of(zone, p);
+
+            if (sync->degraded || ngx_http_civchat_cache_fresh(zone, c)) {
+                continue;
+            }
+
+            if (c != NULL
+                && (c->flags & (NGX_HTTP_CIVCHAT_CACHE_DIRTY
+                                |NGX_HTTP_CIVCHAT_CACHE_FLUSHING)))
+            {
+                id = ngx_array_push(&sync->flush);
+                if (id == NULL) {
+                    return NGX_ERROR;
+                }
+
+                id->len = p->key.len;
+                id->data = ngx_pnalloc(sync->pool, id->len);
+                if (id->data == NULL) {
+                    return NGX_ERROR;
+                }
+
+                ngx_memcpy(id->data, p->key.data, id->len);
+            }
+
+        } else if (sync->degraded) {
+            continue;
+        }
+
+        f = ngx_array_push(&sync->fetch);
+        if (f == NULL) {
+            return NGX_ERROR;
+        }
+
+        *f = n;
+    }
+
+    return (sync->fetch.nelts || sync->flush.nelts) ? NGX_AGAIN : NGX_OK;
+}
+
+
+static void
+ngx_http_civchat_cache_name(ngx_http_civchat_sync_t *sync, u_char kind,
+    ngx_str_t *value)
+{
+    ngx_uint_t                i;
+    ngx_http_civchat_name_t  *n;
+
+    if (kind == 0 || value->len == 0 || value->len > 255) {
+        return;
+    }
+
+    for (i = 0; i < sync->nnames; i++) {
+        n = &sync->names[i];
+
+        if (n->kind == kind && n->value.len == value->len
+            && ngx_memcmp(n->value.data, value->data, value->len) == 0)
+        {
+            return;
+        }
+    }
+
+    n = &sync->names[sync->nnames++];
+
+    ngx_memzero(n, sizeof(ngx_http_civchat_name_t));
+    n->kind = kind;
+    n->value = *value;
+}
+
+
+/*
+ * Before the rules: the identities of the profiles the plan's names
+ * resolve to, and their deltas, to see afterwards what changed.
+ */
+
+ngx_int_t
+ngx_http_civchat_cache_before(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync)
+{
+    ngx_str_t                    id;
+    ngx_uint_t                   i;
+    ngx_http_civchat_name_t     *n;
+    ngx_http_civchat_index_t    *ix;
+    ngx_http_civchat_cached_t   *c;
+    ngx_http_civchat_before_t   *b;
+    ngx_http_civchat_profile_t  *p;
+
+    sync->before.nelts = 0;
+    sync->writes.nelts = 0;
+
+    for (i = 0; i < sync->nnames; i++) {
+        n = &sync->names[i];
+
+        ix = ngx_http_civchat_store_index(zone, n->kind, &n->value);
+        if (ix == NULL) {
+            continue;
+        }
+
+        p = ngx_http_civchat_store_owner(zone, ix);
+
+        id.data = p->key.data;
+        id.len = p->key.len;
+
+        if (ngx_http_civchat_cache_find(&sync->before, &id) != NULL) {
+            continue;
+        }
+
+        b = ngx_array_push(&sync->before);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(b, sizeof(ngx_http_civchat_before_t));
+
+        b->id.len = id.len;
+        b->id.data = ngx_pnalloc(sync->pool, id.len);
+        if (b->id.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(b->id.data, id.data, id.len);
+
+        if (ngx_http_civchat_doc_names(p, sync->pool, &b->names) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        c = ngx_http_civchat_cache_part(zone, p);
+        if (c == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->views = c->views;
+        b->sessions = c->sessions;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_http_civchat_before_t *
+ngx_http_civchat_cache_find(ngx_array_t *before, ngx_str_t *id)
+{
+    ngx_uint_t                  i;
+    ngx_http_civchat_before_t  *b;
+
+    b = before->elts;
+
+    for (i = 0; i < before->nelts; i++) {
+        if (b[i].id.len == id->len
+            && ngx_memcmp(b[i].id.data, id->data, id->len) == 0)
+        {
+            return &b[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * After the rules (and the attributes, the visit, an erasure): what the
+ * plan changed in identities becomes sync->writes, in order: the names
+ * claimed, the names released, then the documents (NGX_AGAIN: there
+ * is something to write).  The server API's changes are written
+ * through; a visitor's that touch no identity stay a delta.
+ */
+
+ngx_int_t
+ngx_http_civchat_cache_after(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_plan_t *plan, ngx_http_civchat_result_t *res,
+    ngx_http_civchat_sync_t *sync)
+{
+    ngx_str_t                    id;
+    ngx_uint_t                   i, trusted;
+    ngx_array_t                  after;
+    ngx_http_civchat_before_t   *b;
+    ngx_http_civchat_profile_t  *p;
+
+    if (ngx_array_init(&after, sync->pool, 4,
+                       sizeof(ngx_http_civchat_before_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    trusted = plan->trusted && plan->op != NGX_HTTP_CIVCHAT_OP_READ;
+
+    b = sync->before.elts;
+
+    for (i = 0; i < sync->before.nelts; i++) {
+        p = ngx_http_civchat_cache_own(zone, &b[i].id);
+
+        if (p == NULL) {
+            if (ngx_http_civchat_cache_gone(zone, sync, &b[i]) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_http_civchat_cache_profile(zone, sync, p, &b[i],
+                                           trusted && p == res->profile,
+                                           &after)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    p = res->profile;
+
+    if (p != NULL && plan->op != NGX_HTTP_CIVCHAT_OP_DELETE) {
+        id.data = p->key.data;
+        id.len = p->key.len;
+
+        if (ngx_http_civchat_cache_find(&sync->before, &id) == NULL
+            && ngx_http_civchat_cache_profile(zone, sync, p, NULL, trusted,
+                                              &after)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_civchat_cache_releases(sync, &after) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return sync->writes.nelts ? NGX_AGAIN : NGX_OK;
+}
+
+
+/*
+ * A profile the plan touched, or made (b NULL): its document is written
+ * when its identity changed (or it is new, or the server API changed
+ * it), with the names it gained claimed first.
+ */
+
+static ngx_int_t
+ngx_http_civchat_cache_profile(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync, ngx_http_civchat_profile_t *p,
+    ngx_http_civchat_before_t *b, ngx_uint_t trusted, ngx_array_t *after)
+{
+    u_char                     *last;
+    ngx_http_civchat_before_t  *a;
+    ngx_http_civchat_cached_t  *c;
+    ngx_http_civchat_write_t   *w;
+
+    c = ngx_http_civchat_cache_part(zone, p);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    a = ngx_array_push(after);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(a, sizeof(ngx_http_civchat_before_t));
+
+    a->id.len = p->key.len;
+    a->id.data = ngx_pnalloc(sync->pool, a->id.len);
+    if (a->id.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(a->id.data, p->key.data, a->id.len);
+
+    if (ngx_http_civchat_doc_names(p, sync->pool, &a->names) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (b != NULL && !trusted && !(c->flags & NGX_HTTP_CIVCHAT_CACHE_NEW)
+        && ngx_http_civchat_cache_same(&b->names, &a->names))
+    {
+        return NGX_OK;
+    }
+
+    if (ngx_http_civchat_cache_claims(sync, &a->id, &a->names, &sync->before)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    w = ngx_http_civchat_cache_write(sync, NGX_HTTP_CIVCHAT_WRITE_DOC,
+                                     &a->id);
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->fields = ngx_array_create(sync->pool, 16, sizeof(ngx_str_t));
+    if (w->fields == NULL
+        || ngx_http_civchat_doc_fields(zone, p, sync->pool, w->fields)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    w->base = (c->flags & NGX_HTTP_CIVCHAT_CACHE_NEW) ? 0 : c->version;
+
+    w->expected.data = ngx_pnalloc(sync->pool, NGX_INT64_LEN);
+    if (w->expected.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ngx_sprintf(w->expected.data, "%uL", w->base);
+    w->expected.len = last - w->expected.data;
+
+    /* the document carries the counters: the delta is taken with it */
+    w->views = c->views;
+    w->sessions = c->sessions;
+    w->taken = 1;
+
+    if (b != NULL) {
+        w->keep_views = b->views;
+        w->keep_sessions = b->sessions;
+    }
+
+    c->views = 0;
+    c->sessions = 0;
+
+    if (c->names == 0 && !(c->flags & NGX_HTTP_CIVCHAT_CACHE_UA)) {
+        ngx_http_civchat_cache_dirty_off(zone, c);
+    }
+
+    return NGX_OK;
+}
+
+
+/* a profile the plan merged into another, or erased */
+
+static ngx_int_t
+ngx_http_civchat_cache_gone(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync, ngx_http_civchat_before_t *b)
+{
+    ngx_str_t                   *survivor;
+    ngx_http_civchat_write_t    *w;
+    ngx_http_civchat_index_t    *ix;
+    ngx_http_civchat_profile_t  *p;
+
+    ix = ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY, &b->id);
+
+    /* a merged profile's key lives on, retired, in the survivor */
+
+    if (ix != NULL) {
+        p = ngx_http_civchat_store_owner(zone, ix);
+
+        w = ngx_http_civchat_cache_write(sync, NGX_HTTP_CIVCHAT_WRITE_MERGED,
+                                         &b->id);
+        if (w == NULL) {
+            return NGX_ERROR;
+        }
+
+        w->fields = ngx_array_create(sync->pool, 1, sizeof(ngx_str_t));
+        if (w->fields == NULL) {
+            return NGX_ERROR;
+        }
+
+        survivor = ngx_array_push(w->fields);
+        survivor->len = p->key.len;
+        survivor->data = ngx_pnalloc(sync->pool, p->key.len);
+        if (survivor->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(survivor->data, p->key.data, p->key.len);
+
+    } else {
+        w = ngx_http_civchat_cache_write(sync, NGX_HTTP_CIVCHAT_WRITE_ERASE,
+                                         &b->id);
+        if (w == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    b->gone = 1;
+
+    /* on any version: the plan saw it fresh */
+    ngx_str_set(&w->expected, "");
+
+    return NGX_OK;
+}
+
+
+/* the names a profile gained: each claimed from whoever had it */
+
+static ngx_int_t
+ngx_http_civchat_cache_claims(ngx_http_civchat_sync_t *sync, ngx_str_t *id,
+    ngx_array_t *names, ngx_array_t *before)
+{
+    ngx_uint_t                  i, j, k;
+    ngx_http_civchat_name_t    *n, *s;
+    ngx_http_civchat_write_t   *w;
+    ngx_http_civchat_before_t  *b;
+
+    n = names->elts;
+    b = before->elts;
+
+    for (i = 0; i < names->nelts; i++) {
+
+        if (n[i].own) {
+            /* a profile's own key is its document's name, no index */
+            continue;
+        }
+
+        for (j = 0; j < before->nelts; j++) {
+            if (b[j].id.len == id->len
+                && ngx_memcmp(b[j].id.data, id->data, id->len) == 0
+                && ngx_http_civchat_cache_has(&b[j].names, &n[i]) != NULL)
+            {
+                break;
+            }
+        }
+
+        if (j < before->nelts) {
+            /* it had it */
+            continue;
+        }
+
+        w = ngx_http_civchat_cache_write(sync, NGX_HTTP_CIVCHAT_WRITE_CLAIM,
+                                         id);
+        if (w == NULL) {
+            return NGX_ERROR;
+        }
+
+        w->name = n[i];
+
+        /* from another profile of the plan, or from what Redis said */
+
+        for (j = 0; j < before->nelts; j++) {
+            if (ngx_http_civchat_cache_has(&b[j].names, &n[i]) != NULL) {
+                w->expected = b[j].id;
+                break;
+            }
+        }
+
+        if (j < before->nelts) {
+            continue;
+        }
+
+        for (k = 0; k < sync->nnames; k++) {
+            s = &sync->names[k];
+
+            if (s->kind == n[i].kind && s->value.len == n[i].value.len
+                && ngx_memcmp(s->value.data, n[i].value.data, s->value.len)
+                   == 0)
+            {
+                w->expected = s->owner;
+                break;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* the names the touched profiles lost, that no profile gained */
+
+static ngx_int_t
+ngx_http_civchat_cache_releases(ngx_http_civchat_sync_t *sync,
+    ngx_array_t *after)
+{
+    ngx_uint_t                  i, j, k;
+    ngx_http_civchat_name_t    *n;
+    ngx_http_civchat_write_t   *w;
+    ngx_http_civchat_before_t  *b, *a;
+
+    b = sync->before.elts;
+    a = after->elts;
+
+    for (i = 0; i < sync->before.nelts; i++) {
+        n = b[i].names.elts;
+
+        for (j = 0; j < b[i].names.nelts; j++) {
+
+            if (n[j].own) {
+                continue;
+            }
+
+            for (k = 0; k < after->nelts; k++) {
+                if (ngx_http_civchat_cache_has(&a[k].names, &n[j]) != NULL) {
+                    break;
+                }
+            }
+
+            if (k < after->nelts) {
+                continue;
+            }
+
+            w = ngx_http_civchat_cache_write(sync,
+                                             NGX_HTTP_CIVCHAT_WRITE_RELEASE,
+                                             &b[i].id);
+            if (w == NULL) {
+                return NGX_ERROR;
+            }
+
+            w->name = n[j];
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* a name (kind and value, not flags) among names; own keys count too */
+
+static ngx_http_civchat_name_t *
+ngx_http_civchat_cache_has(ngx_array_t *names, ngx_http_civchat_name_t *n)
+{
+    ngx_uint_t                i;
+    ngx_http_civchat_name_t  *m;
+
+    m = names->elts;
+
+    for (i = 0; i < names->nelts; i++) {
+        if (m[i].kind == n->kind && m[i].value.len == n->value.len
+            && ngx_memcmp(m[i].value.data, n->value.data, n->value.len) == 0)
+        {
+            return &m[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the same names with the same flags */
+
+static ngx_uint_t
+ngx_http_civchat_cache_same(ngx_array_t *a, ngx_array_t *b)
+{
+    ngx_uint_t                i;
+    ngx_http_civchat_name_t  *n, *m;
+
+    if (a->nelts != b->nelts) {
+        return 0;
+    }
+
+    n = a->elts;
+
+    for (i = 0; i < a->nelts; i++) {
+        m = ngx_http_civchat_cache_has(b, &n[i]);
+
+        if (m == NULL || m->flags != n[i].flags || m->own != n[i].own) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+static ngx_http_civchat_write_t *
+ngx_http_civchat_cache_write(ngx_http_civchat_sync_t *sync, ngx_uint_t type,
+    ngx_str_t *id)
+{
+    ngx_http_civchat_write_t  *w;
+
+    w = ngx_array_push(&sync->writes);
+    if (w == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(w, sizeof(ngx_http_civchat_write_t));
+
+    w->type = type;
+    w->id = *id;
+
+    return w;
+}
+
+
+/*
+ * Documents read from Redis go in the cache, in place of old copies (a
+ * copy with a delta not written yet stays: the plan is applied again
+ * once it is written) and of the stale holders of their names.
+ */
+
+void
+ngx_http_civchat_cache_install(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync)
+{
+    ngx_uint_t                   i;
+    ngx_http_civchat_doc_t      *doc;
+    ngx_http_civchat_cached_t   *c;
+    ngx_http_civchat_profile_t  *p;
+
+    doc = sync->docs.elts;
+
+    for (i = 0; i < sync->docs.nelts; i++) {
+
+        p = ngx_http_civchat_cache_own(zone, &doc[i].id);
+
+        if (p != NULL && ngx_http_civchat_cache_remove(zone, p) != NGX_OK) {
+            continue;
+        }
+
+        if (doc[i].identity == NULL) {
+            /* none, or merged: the cache has no copy now */
+            continue;
+        }
+
+        if (ngx_http_civchat_cache_clear_names(zone, &doc[i]) != NGX_OK) {
+            continue;
+        }
+
+        p = ngx_http_civchat_doc_install(zone, &doc[i]);
+        if (p == NULL) {
+            ngx_log_error(NGX_LOG_WARN, sync->log, 0,
+                          "civchat zone \"%V\" cannot hold profile \"%V\" "
+                          "read from Redis", &zone->name, &doc[i].id);
+            continue;
+        }
+
+        c = ngx_http_civchat_cache_part(zone, p);
+        if (c == NULL) {
+            ngx_http_civchat_store_delete(zone, p);
+            continue;
+        }
+
+        c->flags = 0;
+        c->version = doc[i].version;
+        c->gen = ngx_http_civchat_cache_sh(zone)->gen;
+    }
+}
+
+
+/* the cached profiles that hold a name of the document, out */
+
+static ngx_int_t
+ngx_http_civchat_cache_clear_names(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_doc_t *doc)
+{
+    size_t                       i, k;
+    json_t                      *v, *list;
+    ngx_str_t                    value;
+    ngx_http_civchat_index_t    *ix;
+    ngx_http_civchat_profile_t  *p;
+
+    static const char  *lists[] = { "aliases", "unproved", "retired" };
+
+    static struct {
+        const char  *field;
+        u_char       kind;
+    } singles[] = {
+        { "key", NGX_HTTP_CIVCHAT_BY_KEY },
+        { "user_id", NGX_HTTP_CIVCHAT_BY_USER_ID },
+        { "email", NGX_HTTP_CIVCHAT_BY_EMAIL }
+    };
+
+    for (i = 0; i < sizeof(singles) / sizeof(singles[0]); i++) {
+        v = json_object_get(doc->identity, singles[i].field);
+
+        if (!json_is_string(v)) {
+            continue;
+        }
+
+        value.data = (u_char *) json_string_value(v);
+        value.len = json_string_length(v);
+
+        ix = ngx_http_civchat_store_index(zone, singles[i].kind, &value);
+
+        if (ix != NULL) {
+            p = ngx_http_civchat_store_owner(zone, ix);
+
+            if (ngx_http_civchat_cache_remove(zone, p) != NGX_OK) {
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    for (k = 0; k < sizeof(lists) / sizeof(lists[0]); k++) {
+        list = json_object_get(doc->identity, lists[k]);
+
+        json_array_foreach(list, i, v) {
+            if (!json_is_string(v)) {
+                continue;
+            }
+
+            value.data = (u_char *) json_string_value(v);
+            value.len = json_string_length(v);
+
+            ix = ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY,
+                                              &value);
+
+            if (ix != NULL) {
+                p = ngx_http_civchat_store_owner(zone, ix);
+
+                if (ngx_http_civchat_cache_remove(zone, p) != NGX_OK) {
+                    return NGX_DECLINED;
+                }
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* the plan's writes were made: the cache's copies are Redis's now */
+
+void
+ngx_http_civchat_cache_commit(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync)
+{
+    ngx_uint_t                   i;
+    ngx_http_civchat_write_t    *w;
+    ngx_http_civchat_cached_t   *c;
+    ngx_http_civchat_profile_t  *p;
+
+    w = sync->writes.elts;
+
+    for (i = 0; i < sync->writes.nelts; i++) {
+        if (w[i].type != NGX_HTTP_CIVCHAT_WRITE_DOC) {
+            continue;
+        }
+
+        p = ngx_http_civchat_cache_own(zone, &w[i].id);
+        if (p == NULL) {
+            continue;
+        }
+
+        c = ngx_http_civchat_cache_of(zone, p);
+        if (c == NULL) {
+            continue;
+        }
+
+        if ((c->flags & NGX_HTTP_CIVCHAT_CACHE_NEW) || c->version == w[i].base)
+        {
+            c->version = w[i].version;
+            c->gen = ngx_http_civchat_cache_sh(zone)->gen;
+            c->flags &= ~NGX_HTTP_CIVCHAT_CACHE_NEW;
+        }
+    }
+}
+
+
+/*
+ * The plan's writes were refused (a conflict) or failed: what it did
+ * to the cache is forgotten, the deltas its documents took are given
+ * back but for the plan's own visit, and its profiles are read again.
+ */
+
+void
+ngx_http_civchat_cache_undo(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync)
+{
+    ngx_uint_t                   i;
+    ngx_http_civchat_write_t    *w;
+    ngx_http_civchat_cached_t   *c;
+    ngx_http_civchat_profile_t  *p;
+    ngx_http_civchat_before_t   *b;
+
+    w = sync->writes.elts;
+
+    for (i = 0; i < sync->writes.nelts; i++) {
+        if (w[i].type != NGX_HTTP_CIVCHAT_WRITE_DOC) {
+            continue;
+        }
+
+        p = ngx_http_civchat_cache_own(zone, &w[i].id);
+        c = (p != NULL) ? ngx_http_civchat_cache_of(zone, p) : NULL;
+
+        if (c == NULL) {
+            continue;
+        }
+
+        if (w[i].taken && (w[i].keep_views || w[i].keep_sessions)) {
+            c->views += w[i].keep_views;
+            c->sessions += w[i].keep_sessions;
+            ngx_http_civchat_cache_dirty_on(zone, c);
+        }
+
+        if ((c->flags & NGX_HTTP_CIVCHAT_CACHE_NEW)
+            && ngx_http_civchat_cache_find(&sync->before, &w[i].id) == NULL)
+        {
+            /* made by the plan: gone with it */
+            (void) ngx_http_civchat_cache_remove(zone, p);
+            continue;
+        }
+
+        c->flags &= ~NGX_HTTP_CIVCHAT_CACHE_NEW;
+        c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
+    }
+
+    b = sync->before.elts;
+
+    for (i = 0; i < sync->before.nelts; i++) {
+        p = ngx_http_civchat_cache_own(zone, &b[i].id);
+        c = (p != NULL) ? ngx_http_civchat_cache_of(zone, p) : NULL;
+
+        if (c != NULL) {
+            c->flags &= ~NGX_HTTP_CIVCHAT_CACHE_NEW;
+            c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
+        }
+    }
+}
