@@ -121,10 +121,10 @@ sub h2_get {
 
 sub pump { Civchat::Stream::pump(@_) }
 
-# a stream over either protocol has ended as an answer ends
+# an HTTP/1.1 stream has ended as an answer ends: its last chunk, the close
 sub ended_h1 { $_[0]{last_chunk} && $_[0]{eof} && !$_[0]{reset} }
 
-sub alive { grep { Civchat::_alive($_) } @_ }
+sub alive { $t->alive(@_) }
 
 # the worker of a pid is on its way out: it said so in error.log
 sub exiting {
@@ -205,8 +205,8 @@ sub problems {
 	kill('HUP', $master) or die "kill HUP: $!\n";
 
 	my $gone = pump(\@conns, slow(20), sub {
-		!alive(@old) && !grep { !$_->done } @h2 and ended_h1($h)
-			and $c1->eof && $c2->eof
+		my $open = grep { !$_->done } @h2;
+		!alive(@old) && !$open && ended_h1($h) && $c1->eof && $c2->eof
 	});
 	ok($gone, 'reload: the old workers exit, every stream ends')
 		or diag(explain({ old_alive => [alive(@old)],
