@@ -34,6 +34,9 @@
 #define NGX_HTTP_CIVCHAT_LIVE_PING      15000
 #define NGX_HTTP_CIVCHAT_LIVE_MAX_SENT  1000
 
+/* how long a browser waits before it reconnects, first on every stream */
+#define NGX_HTTP_CIVCHAT_LIVE_RETRY     "retry: 3000\n\n"
+
 
 typedef struct {
     ngx_rbtree_node_t             node;      /* key: crc32 of the profile */
@@ -66,6 +69,7 @@ static ngx_int_t ngx_http_civchat_stream_key(ngx_http_request_t *r,
 static uint64_t ngx_http_civchat_stream_last(ngx_http_request_t *r,
     ngx_http_civchat_zone_t *zone);
 static ngx_int_t ngx_http_civchat_stream_headers(ngx_http_request_t *r);
+static ngx_int_t ngx_http_civchat_stream_retry_only(ngx_http_request_t *r);
 static void ngx_http_civchat_stream_cleanup(void *data);
 static void ngx_http_civchat_stream_write_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_civchat_stream_send(ngx_http_civchat_stream_t *st,
@@ -138,6 +142,10 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
         return rc;
     }
 
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return ngx_http_civchat_stream_retry_only(r);
+    }
+
     r->main->count++;
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_civchat_stream_write_handler;
@@ -156,7 +164,9 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
         ngx_add_timer(&zone->live_ev, NGX_HTTP_CIVCHAT_LIVE_POLL);
     }
 
-    if (ngx_http_civchat_stream_send(st, (u_char *) "retry: 3000\n\n", 13)
+    if (ngx_http_civchat_stream_send(st,
+                                     (u_char *) NGX_HTTP_CIVCHAT_LIVE_RETRY,
+                                     sizeof(NGX_HTTP_CIVCHAT_LIVE_RETRY) - 1)
         != NGX_OK)
     {
         return NGX_DONE;
@@ -344,6 +354,38 @@ ngx_http_civchat_stream_headers(ngx_http_request_t *r)
     }
 
     return ngx_http_send_header(r);
+}
+
+
+/*
+ * A worker on its way out (a reload, a quit) holds no new stream: a
+ * connection it accepted before may ask for one only now.  The retry and
+ * the end at once, as its other streams end (README, "Live channel"):
+ * the browser comes back to the next workers with its Last-Event-ID and
+ * gets there what it missed.  The zone's counts go back with the request.
+ */
+
+static ngx_int_t
+ngx_http_civchat_stream_retry_only(ngx_http_request_t *r)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = (u_char *) NGX_HTTP_CIVCHAT_LIVE_RETRY;
+    b->last = b->pos + sizeof(NGX_HTTP_CIVCHAT_LIVE_RETRY) - 1;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
 }
 
 

@@ -27,25 +27,27 @@ if [ -f "$src/conf_flags" ] && [ -z "${CC_OPT+set}" ]; then
     CC_OPT="$CC_OPT -D_FORTIFY_SOURCE=2"
 fi
 
-stamp="$src|${CC_OPT:-}|${LD_OPT:-}|$(cksum < "$top/config")"
+if [ -f "$src/conf_flags" ]; then
+    # Debian's nginx-dev: the flags the packaged nginx was built with,
+    # so the module loads into /usr/sbin/nginx.
+    flags=$(sed -e 's/^NGX_CONF_FLAGS=(//' -e 's/)$//' "$src/conf_flags")
+    full=no
+else
+    # a full nginx (the sanitizer and valgrind builds): what the tests
+    # need, HTTP/2 for t/live_http2.t among them
+    flags="--with-compat --with-debug --with-http_realip_module
+           --with-http_ssl_module --with-http_stub_status_module
+           --with-http_v2_module --with-threads"
+    full=yes
+fi
+
+stamp="$src|${CC_OPT:-}|${LD_OPT:-}|$(cksum < "$top/config")|$flags"
 
 if [ ! -f "$tree/objs/Makefile" ] || [ "$(cat "$build/stamp" 2>/dev/null)" != "$stamp" ]
 then
     rm -rf "$tree"
     mkdir -p "$build"
     cp -a "$src" "$tree"
-
-    if [ -f "$src/conf_flags" ]; then
-        # Debian's nginx-dev: the flags the packaged nginx was built with,
-        # so the module loads into /usr/sbin/nginx.
-        flags=$(sed -e 's/^NGX_CONF_FLAGS=(//' -e 's/)$//' "$src/conf_flags")
-        full=no
-    else
-        flags="--with-compat --with-debug --with-http_realip_module
-               --with-http_ssl_module --with-http_stub_status_module
-               --with-threads"
-        full=yes
-    fi
 
     (cd "$tree" && eval ./configure $flags \
         ${CC_OPT:+"--with-cc-opt='$CC_OPT'"} \

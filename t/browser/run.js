@@ -148,18 +148,25 @@ class Page {
         page.on('requestfinished', ended);
         page.on('response', async (res) => {
             const st = this.streams.find((x) => x.req === res.request());
-            if (st) {
-                st.responseHeaders = res.headers();
-                st.status = res.status();
-
-                /*
-                 * with what the network stack added (Last-Event-ID); a
-                 * page closed meanwhile leaves the headers as sent
-                 */
-                try {
-                    st.headers = await res.request().allHeaders();
-                } catch (e) { /* the page went */ }
+            if (!st) {
+                return;
             }
+
+            /*
+             * the request's headers with what the network stack added
+             * (Last-Event-ID) come a moment after the answer: the
+             * connection counts as answered (status, which stream()
+             * waits for) only once they are in, or a check could read
+             * the headers as the page set them; a page closed meanwhile
+             * leaves them so
+             */
+            let headers = st.headers;
+            try {
+                headers = await res.request().allHeaders();
+            } catch (e) { /* the page went */ }
+            st.headers = headers;
+            st.responseHeaders = res.headers();
+            st.status = res.status();
         });
         page.on('request', (r) => {
             if (r.method() !== 'POST' || !/\/civchat[^/]*\/[a-z_]+$/
@@ -989,7 +996,7 @@ scenario('live channel across a reload', async (T) => {
      * the browser is back (it waits 3 s, "retry: 3000") reaches it after,
      * by Last-Event-ID */
     process.kill(NGINX_PID, 'SIGHUP');
-    T.ok(await until(() => p.streams[0].ended, 5000),
+    T.ok(await until(() => p.streams[0].ended, 10000),
          'the stream ends with the old worker');
     await sayTo(T.ctx, key, { content: 'during' });
     const st = await p.stream(2);

@@ -394,6 +394,12 @@ sub _alive {
 	return $stat =~ /^\d+ \(.*\) Z/ ? 0 : 1;
 }
 
+# the pids of those given that are running (not gone, not zombies)
+sub alive {
+	my ($self, @pids) = @_;
+	return grep { _alive($_) } @pids;
+}
+
 sub worker_pids {
 	my ($self) = @_;
 

@@ -16,7 +16,8 @@ use Time::HiRes qw/time/;
 # a GET of the stream on a raw socket, read as the bytes come:
 #   key, path (default /civchat/stream), query, last_id (Last-Event-ID),
 #   cookie, origin, http ('1.1' chunked or '1.0'), host (Host header),
-#   port (the test's port number n, default 0)
+#   port (the test's port number n, default 0), hold (all but the blank
+#   line that ends the request is sent: send_rest() sends it)
 
 sub open {
 	my ($class, $t, %o) = @_;
@@ -34,7 +35,12 @@ sub open {
 	$raw .= "Last-Event-ID: $o{last_id}\r\n" if defined $o{last_id};
 	$raw .= "Cookie: __ca__chat=$o{cookie}\r\n" if defined $o{cookie};
 	$raw .= "Origin: $o{origin}\r\n" if defined $o{origin};
-	$raw .= "\r\n";
+	my $rest = "\r\n";
+
+	if (!$o{hold}) {
+		$raw .= $rest;
+		$rest = '';
+	}
 
 	my $s = IO::Socket::INET->new(Proto => 'tcp',
 		PeerAddr => '127.0.0.1:' . $t->port($o{port} // 0), Timeout => 5)
@@ -45,8 +51,17 @@ sub open {
 
 	return bless { s => $s, in => '', head => undef, headers => {},
 		status => 0, chunked => 0, body => '', events => [],
-		comments => [], retry => undef, eof => 0, last_chunk => 0 },
-		$class;
+		comments => [], retry => undef, eof => 0, last_chunk => 0,
+		rest => $rest }, $class;
+}
+
+# the end of a request opened with hold
+sub send_rest {
+	my ($self) = @_;
+	my $rest = $self->{rest};
+	$self->{rest} = '';
+	return 1 unless length $rest;
+	return syswrite($self->{s}, $rest) == length $rest;
 }
 
 sub status { $_[0]{status} }
@@ -116,6 +131,16 @@ sub feed {
 		$self->{in} = '';
 	}
 
+	take_events($self);
+}
+
+# the complete SSE blocks of $self->{body}: events (data parsed as
+# JSON), comments, the retry; shared with Civchat::H2, whose streams
+# have the same fields
+
+sub take_events {
+	my ($self) = @_;
+
 	while ((my $end = index($self->{body}, "\n\n")) >= 0) {
 		my $block = substr($self->{body}, 0, $end);
 		substr($self->{body}, 0, $end + 2) = '';
@@ -143,6 +168,9 @@ sub feed {
 		push @{$self->{events}}, \%e;
 	}
 }
+
+# reads the streams (or Civchat::H2 connections: anything with s, eof and
+# feed) until $cond->() holds (1) or $timeout seconds pass (0)
 
 sub pump {
 	my ($streams, $timeout, $cond) = @_;
