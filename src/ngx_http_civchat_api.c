@@ -12,8 +12,8 @@
 
 
 /*
- * The server API (SPEC §9): a token-protected location where a backend
- * reads, updates and erases profiles and imports many at once.
+ * The server API (README "Server API"): a token-protected location where
+ * a backend reads, updates and erases profiles and imports many at once.
  *
  *   GET|PUT|POST|DELETE  users/key/ID, users/user_id/ID, users/email/ID
  *   POST                 users            create-or-update by the body
@@ -38,6 +38,14 @@ typedef struct {
     ngx_uint_t                    route;
     u_char                        kind;
     ngx_str_t                     id;
+
+    /* kept while a zone on Redis answers (ngx_http_civchat_api_resolved) */
+    ngx_uint_t                    op;
+    ngx_http_civchat_record_t     rec;
+    ngx_http_civchat_plan_t       plan;
+    json_t                       *data;      /* a message's, then freed */
+    ngx_uint_t                    live;
+    ngx_str_t                     name;
 } ngx_http_civchat_route_t;
 
 
@@ -50,9 +58,13 @@ static ngx_int_t ngx_http_civchat_api_run(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_one(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op);
+static ngx_int_t ngx_http_civchat_api_one_done(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
+static void ngx_http_civchat_api_resolved(ngx_http_request_t *r,
+    ngx_int_t rc);
 static ngx_int_t ngx_http_civchat_api_profile(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op,
-    json_t **out);
+    ngx_http_civchat_resolved_pt handler);
 static json_t *ngx_http_civchat_api_user(ngx_http_request_t *r,
     ngx_http_civchat_user_t *u, ngx_http_civchat_record_t *rec);
 static json_t *ngx_http_civchat_api_string(ngx_str_t *s);
@@ -60,6 +72,8 @@ static ngx_uint_t ngx_http_civchat_api_claimed(ngx_http_civchat_ctx_t *ctx,
     u_char kind);
 static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
+static ngx_int_t ngx_http_civchat_api_message_done(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, u_char *kind, ngx_str_t *id);
 static ngx_int_t ngx_http_civchat_api_url_id(ngx_http_request_t *r,
@@ -273,11 +287,40 @@ ngx_http_civchat_api_body(ngx_http_request_t *r)
 
     rc = ngx_http_civchat_api_run(r, ctx, rt);
 
+    if (ctx->waiting) {
+        /* a zone on Redis answers later: ngx_http_civchat_api_resolved */
+        return;
+    }
+
     if (rc == NGX_DONE && ctx->answered) {
         rc = ctx->answer_rc;
     }
 
     ngx_http_finalize_request(r, rc);
+}
+
+
+static void
+ngx_http_civchat_api_resolved(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_http_civchat_ctx_t    *ctx;
+    ngx_http_civchat_route_t  *rt;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
+
+    ctx->waiting = 0;
+
+    rc = (rt->route == NGX_HTTP_CIVCHAT_API_MESSAGES)
+         ? ngx_http_civchat_api_message_done(r, ctx, rc)
+         : ngx_http_civchat_api_one_done(r, ctx, rc);
+
+    if (rc == NGX_DONE && ctx->answered) {
+        rc = ctx->answer_rc;
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(r->connection);
 }
 
 
@@ -419,17 +462,50 @@ static ngx_int_t
 ngx_http_civchat_api_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     u_char kind, ngx_str_t *id, ngx_uint_t op)
 {
+    ngx_int_t                  rc;
+    ngx_http_civchat_route_t  *rt;
+
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
+    rt->op = op;
+
+    rc = ngx_http_civchat_api_profile(r, ctx, kind, id, op,
+                                      ngx_http_civchat_api_resolved);
+    if (rc == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return ngx_http_civchat_api_one_done(r, ctx, rc);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_one_done(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc)
+{
     json_t                      *user, *answer, *ignored;
-    ngx_int_t                    rc;
     ngx_uint_t                   i;
+    ngx_http_civchat_route_t    *rt;
     ngx_http_civchat_ignored_t  *ig;
 
-    rc = ngx_http_civchat_api_profile(r, ctx, kind, id, op, &user);
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
 
     if (rc == NGX_DECLINED) {
         return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
                                       "%s", "User with this ID does not "
                                       "exist");
+    }
+
+    if (rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        return ngx_http_civchat_unavailable(r, "1", "the profile store "
+                                            "(Redis) is not answering, retry "
+                                            "later");
+    }
+
+    user = NULL;
+
+    if (rc == NGX_OK && rt->op != NGX_HTTP_CIVCHAT_OP_DELETE) {
+        user = ngx_http_civchat_api_user(r, &ctx->user, &rt->rec);
+        rc = (user != NULL) ? NGX_OK : NGX_ERROR;
     }
 
     if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
@@ -439,7 +515,7 @@ ngx_http_civchat_api_one(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
                                       "the profile could not be stored");
     }
 
-    if (op == NGX_HTTP_CIVCHAT_OP_DELETE) {
+    if (rt->op == NGX_HTTP_CIVCHAT_OP_DELETE) {
         answer = json_pack("{s:b,s:s%}", "deleted", 1, "key",
                            (char *) ctx->user.profile.data,
                            ctx->user.profile.len);
@@ -482,12 +558,11 @@ static ngx_int_t
 ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt)
 {
-    u_char      *buf;
-    json_t      *content, *type, *user, *data;
-    size_t       len;
-    ngx_int_t    rc;
-    ngx_str_t    name;
-    ngx_uint_t   live;
+    json_t              *content, *type, *data;
+    ngx_int_t            rc;
+    ngx_str_t            name;
+    ngx_uint_t           live;
+    ngx_pool_cleanup_t  *cln;
 
     content = json_object_get(ctx->body, "content");
     type = json_object_get(ctx->body, "type");
@@ -530,48 +605,78 @@ ngx_http_civchat_api_message(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        json_decref(data);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_civchat_json_cleanup;
+    cln->data = data;
+
+    rt->data = data;
+    rt->live = live;
+    rt->name = name;
+
     rc = ngx_http_civchat_api_profile(r, ctx, rt->kind, &rt->id,
-                                      NGX_HTTP_CIVCHAT_OP_READ, &user);
-    json_decref(user);
+                                      NGX_HTTP_CIVCHAT_OP_READ,
+                                      ngx_http_civchat_api_resolved);
+    if (rc == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return ngx_http_civchat_api_message_done(r, ctx, rc);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_message_done(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc)
+{
+    u_char                    *buf;
+    size_t                     len;
+    ngx_http_civchat_route_t  *rt;
+
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                      "%s", "User with this ID does not "
+                                      "exist");
+    }
+
+    if (rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        return ngx_http_civchat_unavailable(r, "1", "the profile store "
+                                            "(Redis) is not answering, retry "
+                                            "later");
+    }
 
     if (rc != NGX_OK) {
-        json_decref(data);
-
-        if (rc == NGX_DECLINED) {
-            return ngx_http_civchat_error(r, NGX_HTTP_NOT_FOUND, "not_found",
-                                          "%s", "User with this ID does not "
-                                          "exist");
-        }
-
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (ngx_http_civchat_api_claimed(ctx, rt->kind)) {
-        json_decref(data);
         return ngx_http_civchat_error(r, NGX_HTTP_CONFLICT, "unverified",
                                       "%s", "the profile holding this ID "
                                       "only claimed it (no user_hash): "
                                       "message it by its key");
     }
 
-    len = json_dumpb(data, NULL, 0, JSON_COMPACT);
+    len = json_dumpb(rt->data, NULL, 0, JSON_COMPACT);
 
     buf = ngx_pnalloc(r->pool, len);
     if (buf == NULL) {
-        json_decref(data);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    len = json_dumpb(data, (char *) buf, len, JSON_COMPACT);
+    len = json_dumpb(rt->data, (char *) buf, len, JSON_COMPACT);
 
     (void) ngx_http_civchat_zone_publish(ctx->lcf->zone, &ctx->user.profile,
-                                         live, buf, len);
+                                         rt->live, buf, len);
 
     rc = ngx_http_civchat_add_event_json(r, ctx,
                                          NGX_HTTP_CIVCHAT_EV_CHAT_MESSAGE,
-                                         &name, data);
-
-    json_decref(data);
+                                         &rt->name, rt->data);
 
     if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -802,7 +907,7 @@ ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     json_t *row, ngx_uint_t n, json_t *results, ngx_uint_t *counts)
 {
     u_char                      kind;
-    json_t                     *user, *res;
+    json_t                     *res;
     ngx_int_t                   rc;
     ngx_str_t                   id;
     ngx_http_civchat_ignored_t *ig;
@@ -820,8 +925,7 @@ ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     }
 
     rc = ngx_http_civchat_api_profile(r, ctx, kind, &id,
-                                      NGX_HTTP_CIVCHAT_OP_UPSERT, &user);
-    json_decref(user);
+                                      NGX_HTTP_CIVCHAT_OP_UPSERT, NULL);
 
     if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
         ngx_http_civchat_api_row_error(results, n, "internal_error",
@@ -870,41 +974,36 @@ ngx_http_civchat_api_row_error(json_t *results, ngx_uint_t n,
 /*
  * Reads, creates-or-updates, updates or erases the profile a key,
  * user_id or email names, through the same plan and zone as the
- * widget's requests.  NGX_DECLINED: no such profile.  *out gets the
- * profile as JSON (but for an erasure).
+ * widget's requests; the route keeps the plan and the record, which the
+ * answer is made of (NGX_DONE: handler is called when a zone on Redis
+ * has answered).  NGX_DECLINED: no such profile.
  */
 
 static ngx_int_t
 ngx_http_civchat_api_profile(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, u_char kind, ngx_str_t *id, ngx_uint_t op,
-    json_t **out)
+    ngx_http_civchat_resolved_pt handler)
 {
     ngx_int_t                  rc;
-    ngx_http_civchat_plan_t    plan;
-    ngx_http_civchat_record_t  rec;
+    ngx_http_civchat_route_t  *rt;
 
-    *out = NULL;
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
 
-    ngx_memzero(&rec, sizeof(ngx_http_civchat_record_t));
+    ngx_memzero(&rt->rec, sizeof(ngx_http_civchat_record_t));
 
-    if (ngx_http_civchat_plan_api(r, ctx, &plan, op, kind, id) != NGX_OK) {
+    if (ngx_http_civchat_plan_api(r, ctx, &rt->plan, op, kind, id) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    rc = ngx_http_civchat_resolve(r, ctx, &plan,
+    rc = ngx_http_civchat_resolve(r, ctx, &rt->plan,
                                   (op == NGX_HTTP_CIVCHAT_OP_DELETE)
-                                  ? NULL : &rec, NULL);
-    if (rc != NGX_OK) {
-        return rc;
+                                  ? NULL : &rt->rec, handler);
+
+    if (rc == NGX_DONE) {
+        ctx->waiting = 1;
     }
 
-    if (op == NGX_HTTP_CIVCHAT_OP_DELETE) {
-        return NGX_OK;
-    }
-
-    *out = ngx_http_civchat_api_user(r, &ctx->user, &rec);
-
-    return (*out != NULL) ? NGX_OK : NGX_ERROR;
+    return rc;
 }
 
 

@@ -559,6 +559,11 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     rs->events = ctx->events.nelts;
 
     if (ctx->lcf->zone->cluster != NULL) {
+        if (handler == NULL) {
+            /* cannot wait: the import, a row at a time, on Redis */
+            return NGX_HTTP_SERVICE_UNAVAILABLE;
+        }
+
         rs->res.sync = ngx_http_civchat_cluster_sync(ctx->lcf->zone, r->pool,
                                                      r->connection->log);
         if (rs->res.sync == NULL) {
