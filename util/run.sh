@@ -4,6 +4,10 @@
 #
 #   PORT    the demo's port (default 8080)
 #   RUN     its directory (default build/run)
+#   STORE=clickhouse   events to a private ClickHouse instead of a file
+#   PROFILES=redis     profiles on a private Redis Cluster (three masters,
+#                      three replicas on REDIS_PORT .. +5, default 17000)
+#                      instead of the zone's state file
 #   MODULE, NGINX   the module and nginx (t/demo.t runs the suite's)
 
 set -e
@@ -42,6 +46,24 @@ if [ "${STORE:-file}" = clickhouse ]; then
           clickhouse-client --port 19000 -q \"SELECT type, url FROM civchat.events FINAL\""
 fi
 
+zone="civchat_zone users 16m state=$run/state/civchat.state;"
+profiles="in: $run/state/civchat.state"
+
+if [ "${PROFILES:-zone}" = redis ]; then
+    # a private Redis Cluster for the demo, stopped with nginx (its data
+    # stays in the directory for the next run)
+    rp=${REDIS_PORT:-17000}
+    rd=$run/redis
+    sh "$top/util/redis-cluster.sh" start "$rd" "$rp"
+    trap 'sh "$top/util/redis-cluster.sh" stop "$rd"' EXIT INT TERM
+
+    zone="civchat_redis demo 127.0.0.1:$rp 127.0.0.1:$((rp + 1))
+                       127.0.0.1:$((rp + 2));
+    civchat_zone users 16m redis=demo;"
+    profiles="on Redis Cluster 127.0.0.1:$rp..$((rp + 5))
+          redis-cli -c -p $rp --scan --pattern 'civchat:users:*'"
+fi
+
 cat > "$run/nginx.conf" <<END
 load_module $module;
 
@@ -64,7 +86,7 @@ http {
     uwsgi_temp_path $run/tmp/uwsgi;
     scgi_temp_path $run/tmp/scgi;
 
-    civchat_zone users 16m state=$run/state/civchat.state;
+    $zone
 
     server {
         listen 127.0.0.1:$port;
@@ -96,6 +118,6 @@ END
 
 echo "civchat demo: http://127.0.0.1:$port/   (Ctrl-C stops nginx)"
 echo "events go to: $where"
-echo "profiles are saved in: $run/state/civchat.state"
+echo "profiles are saved $profiles"
 
 "$nginx" -p "$run" -c "$run/nginx.conf"
