@@ -410,6 +410,34 @@ is(scalar @ev, 0, 'the same converted value: no change');
 
 ###############################################################################
 
+###############################################################################
+
+# README "Names": every row of its table is what a request gets
+
+{
+	open(my $fh, '<:encoding(UTF-8)', $t->repo . '/README.md')
+		or die "README.md: $!";
+	my $readme = join('', <$fh>);
+	close($fh);
+
+	my ($section) = $readme =~ /^### Names\n(.*?)^#/ms;
+	my @rows = ($section // '') =~ /^\| `([^`]+)` \| `([^`]+)` \|$/mg;
+
+	ok(@rows >= 16, 'README "Names": its examples') or diag($section);
+
+	while (my ($sent, $stored) = splice(@rows, 0, 2)) {
+		my ($r, $new) = apply({ $sent => 'x' });
+		ok(exists $new->{$stored}, "README \"Names\": \"$sent\" is "
+			. "stored as \"$stored\"") or diag($r->describe);
+	}
+
+	for my $sent ('URL', 'Api Key', 'User-Key') {
+		my ($r, $new) = apply({ $sent => 'x' });
+		is($r->ignored_reason($sent), 'reserved',
+			"README \"Names\": \"$sent\" is reserved");
+	}
+}
+
 $t->done_testing();
 
 ###############################################################################
