@@ -320,8 +320,9 @@ typedef struct {
 } ngx_http_civchat_live_sh_t;
 
 
-/* what the status page shows of a zone (zone.c) */
-#define NGX_HTTP_CIVCHAT_ZONE_COUNTS     5
+/* what the status page shows of a zone (zone.c); the last, on Redis */
+#define NGX_HTTP_CIVCHAT_ZONE_COUNTS     11
+#define NGX_HTTP_CIVCHAT_ZONE_LOCAL      5
 
 
 /* size classes over slab pages for a zone's profiles (mem.c) */

@@ -446,6 +446,10 @@ ngx_http_civchat_behind_reply(void *data, ngx_int_t rc,
 
 done:
 
+    if (result != NGX_ERROR) {
+        ngx_http_civchat_cluster_count(d->cl->zone, deltas);
+    }
+
     ngx_http_civchat_zone_flushed(d->cl->zone, d->w, result, old, version);
 
     d->done(d->data, result);

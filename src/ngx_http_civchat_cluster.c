@@ -350,6 +350,7 @@ ngx_http_civchat_cluster_run(ngx_http_civchat_sync_t *sync, ngx_uint_t needs,
     sync->cmds.nelts = 0;
 
     if (needs & NGX_HTTP_CIVCHAT_NEEDS_WRITE) {
+        ngx_http_civchat_cluster_count(sync->zone, writes);
         sync->phase = NGX_HTTP_CIVCHAT_PHASE_CLAIMS;
 
         if (ngx_http_civchat_cluster_claims(sync) != NGX_OK) {
@@ -358,6 +359,7 @@ ngx_http_civchat_cluster_run(ngx_http_civchat_sync_t *sync, ngx_uint_t needs,
         }
 
     } else {
+        ngx_http_civchat_cluster_count(sync->zone, reads);
         sync->phase = NGX_HTTP_CIVCHAT_PHASE_FLUSH;
         sync->docs.nelts = 0;
 
@@ -450,6 +452,13 @@ ngx_http_civchat_cluster_next(ngx_http_civchat_sync_t *sync)
 static void
 ngx_http_civchat_cluster_finish(ngx_http_civchat_sync_t *sync, ngx_int_t rc)
 {
+    if (rc == NGX_DECLINED) {
+        ngx_http_civchat_cluster_count(sync->zone, conflicts);
+
+    } else if (rc == NGX_ERROR) {
+        ngx_http_civchat_cluster_count(sync->zone, down);
+    }
+
     sync->phase = 0;
     sync->done(sync->data, rc);
 }

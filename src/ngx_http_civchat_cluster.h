@@ -80,6 +80,13 @@ typedef struct {
     ngx_atomic_t                  listening; /* workers subscribed */
     uint64_t                      seq;       /* of write-behind batches */
     u_char                        origin[NGX_HTTP_CIVCHAT_KEY_LEN];
+
+    /* for civchat_status */
+    ngx_atomic_t                  reads;     /* requests that read first */
+    ngx_atomic_t                  writes;    /* that wrote before answering */
+    ngx_atomic_t                  conflicts; /* writes refused: applied again */
+    ngx_atomic_t                  down;      /* Redis did not answer */
+    ngx_atomic_t                  deltas;    /* deltas written behind */
 } ngx_http_civchat_cluster_sh_t;
 
 
@@ -110,6 +117,10 @@ struct ngx_http_civchat_cluster_s {
 
 #define ngx_http_civchat_cache_ptr(zone, offset)                             \
     ((u_char *) (zone)->shpool + (offset))
+
+#define ngx_http_civchat_cluster_count(zone, field)                          \
+    (void) ngx_atomic_fetch_add(                                             \
+        &((ngx_http_civchat_cluster_sh_t *) (zone)->sh->cluster)->field, 1)
 
 #define ngx_http_civchat_cache_of(zone, p)                                   \
     ((p)->cache ? (ngx_http_civchat_cached_t *)                              \

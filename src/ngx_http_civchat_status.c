@@ -345,10 +345,14 @@ ngx_http_civchat_status_size(ngx_http_civchat_main_conf_t *mcf)
         size += 10 * (128 + 6 * ngx_http_civchat_sink_name(sinks[i])->len);
     }
 
+    /* the zones' families: HELP and TYPE, then a line a zone */
+
+    size += NGX_HTTP_CIVCHAT_ZONE_COUNTS * 256;
+
     zones = mcf->zones->elts;
 
     for (i = 0; i < mcf->zones->nelts; i++) {
-        size += 8 * (128 + 6 * zones[i]->name.len);
+        size += NGX_HTTP_CIVCHAT_ZONE_COUNTS * (128 + 6 * zones[i]->name.len);
     }
 
     size += ngx_http_civchat_redis_status_size(mcf->redis);
@@ -511,7 +515,20 @@ ngx_http_civchat_status_zones(u_char *p, ngx_http_civchat_main_conf_t *mcf)
         "civchat_evictions_total", "counter",
         "Profiles evicted to make room.",
         "civchat_live_dropped_total", "counter",
-        "Live messages dropped before any stream read them."
+        "Live messages dropped before any stream read them.",
+        "civchat_redis_pending_profiles", "gauge",
+        "Profiles whose changes are not written to Redis yet.",
+        "civchat_redis_reads_total", "counter",
+        "Requests that read their profiles from Redis first.",
+        "civchat_redis_writes_total", "counter",
+        "Requests that wrote an identity change before answering.",
+        "civchat_redis_conflicts_total", "counter",
+        "Writes refused (another host was first): the request applied "
+        "again.",
+        "civchat_redis_unavailable_total", "counter",
+        "Requests for which Redis did not answer.",
+        "civchat_redis_deltas_total", "counter",
+        "Page views and attribute changes written behind (per profile)."
     };
 
     zones = mcf->zones->elts;
@@ -522,7 +539,10 @@ ngx_http_civchat_status_zones(u_char *p, ngx_http_civchat_main_conf_t *mcf)
                         families[f * 3], families[f * 3 + 1]);
 
         for (i = 0; i < mcf->zones->nelts; i++) {
-            if (zones[i]->shpool == NULL) {
+            if (zones[i]->shpool == NULL
+                || (f >= NGX_HTTP_CIVCHAT_ZONE_LOCAL
+                    && zones[i]->cluster == NULL))
+            {
                 continue;
             }
 

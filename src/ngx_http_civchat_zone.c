@@ -857,7 +857,8 @@ void
 ngx_http_civchat_zone_counts(ngx_http_civchat_zone_t *zone,
     ngx_uint_t *counts)
 {
-    size_t  total;
+    size_t                          total;
+    ngx_http_civchat_cluster_sh_t  *csh;
 
     ngx_http_civchat_zone_lock(zone);
 
@@ -868,6 +869,17 @@ ngx_http_civchat_zone_counts(ngx_http_civchat_zone_t *zone,
     counts[2] = total;
     counts[3] = zone->sh->evictions;
     counts[4] = (zone->sh->live != NULL) ? zone->sh->live->dropped : 0;
+
+    csh = zone->sh->cluster;
+
+    if (csh != NULL) {
+        counts[5] = csh->ndirty;
+        counts[6] = csh->reads;
+        counts[7] = csh->writes;
+        counts[8] = csh->conflicts;
+        counts[9] = csh->down;
+        counts[10] = csh->deltas;
+    }
 
     ngx_http_civchat_zone_unlock(zone);
 }
