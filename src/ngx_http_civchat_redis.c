@@ -64,6 +64,19 @@
 
 
 typedef struct ngx_http_civchat_redis_node_s  ngx_http_civchat_redis_node_t;
+typedef struct ngx_http_civchat_redis_conn_s  ngx_http_civchat_redis_conn_t;
+
+
+/* a whole reply read on a connection: to the command or pub/sub code */
+typedef void (*ngx_http_civchat_redis_input_pt)(
+    ngx_http_civchat_redis_conn_t *conn, u_char *start, size_t len);
+
+/* a node's subscriber connection was lost: to the pub/sub code */
+typedef void (*ngx_http_civchat_redis_lost_pt)(ngx_http_civchat_redis_t *rd,
+    ngx_http_civchat_redis_node_t *node);
+
+/* the slot map is to be asked for again */
+typedef void (*ngx_http_civchat_redis_remap_pt)(ngx_http_civchat_redis_t *rd);
 
 
 /* what one worker sees, for the status page */
@@ -99,7 +112,7 @@ typedef struct {
 } ngx_http_civchat_redis_stats_t;
 
 
-typedef struct {
+struct ngx_http_civchat_redis_conn_s {
     ngx_connection_t                 *c;
     ngx_http_civchat_redis_node_t    *node;
     ngx_uint_t                        sub;       /* the subscriber conn */
@@ -121,7 +134,7 @@ typedef struct {
 
     ngx_queue_t                       waiting;   /* cmd_t, in order */
     ngx_pool_t                       *pool;      /* replies, reset */
-} ngx_http_civchat_redis_conn_t;
+};
 
 
 struct ngx_http_civchat_redis_node_s {
@@ -222,6 +235,16 @@ struct ngx_http_civchat_redis_s {
     ngx_http_civchat_redis_worker_t  *worker;    /* in stats, or NULL */
     ngx_http_civchat_redis_worker_t   unshared;
 
+    /*
+     * what the connections call above them, set by init_process: a
+     * reply on a command connection, one on a subscriber connection, a
+     * subscriber connection lost, the map to be asked for again
+     */
+    ngx_http_civchat_redis_input_pt   cmd_input;
+    ngx_http_civchat_redis_input_pt   sub_input;
+    ngx_http_civchat_redis_lost_pt    sub_lost;
+    ngx_http_civchat_redis_remap_pt   remap;
+
     ngx_str_t                         canary_key;
     ngx_str_t                         canary_channel;
     ngx_str_t                         canary_broadcast;
@@ -307,6 +330,8 @@ static void ngx_http_civchat_redis_sub_reply(
     ngx_http_civchat_redis_conn_t *conn, u_char *start, size_t len);
 static ngx_http_civchat_redis_channel_t *ngx_http_civchat_redis_channel(
     ngx_http_civchat_redis_t *rd, ngx_str_t *name);
+static void ngx_http_civchat_redis_sub_lost(ngx_http_civchat_redis_t *rd,
+    ngx_http_civchat_redis_node_t *node);
 static void ngx_http_civchat_redis_channel_lost(ngx_http_civchat_redis_t *rd,
     ngx_http_civchat_redis_channel_t *ch, ngx_msec_t delay);
 static void ngx_http_civchat_redis_channel_free(ngx_http_civchat_redis_t *rd,
@@ -626,6 +651,12 @@ ngx_http_civchat_redis_init_process(ngx_http_civchat_redis_t *rd,
     ngx_http_civchat_redis_worker_t   *w;
 
     rd->log = cycle->log;
+
+    /* the hooks through which the connections reach the layers above */
+    rd->cmd_input = ngx_http_civchat_redis_reply;
+    rd->sub_input = ngx_http_civchat_redis_sub_reply;
+    rd->sub_lost = ngx_http_civchat_redis_sub_lost;
+    rd->remap = ngx_http_civchat_redis_refresh;
 
     rd->pool = ngx_create_pool(4096, cycle->log);
     if (rd->pool == NULL) {
@@ -1617,11 +1648,13 @@ ngx_http_civchat_redis_read_handler(ngx_event_t *rev)
 static ngx_int_t
 ngx_http_civchat_redis_process(ngx_http_civchat_redis_conn_t *conn)
 {
-    u_char      *start;
-    size_t       len;
-    ngx_int_t    rc;
-    ngx_uint_t   gen;
+    u_char                    *start;
+    size_t                     len;
+    ngx_int_t                  rc;
+    ngx_uint_t                 gen;
+    ngx_http_civchat_redis_t  *rd;
 
+    rd = conn->node->rd;
     gen = conn->gen;
 
     while (conn->in_pos < conn->in_last) {
@@ -1645,10 +1678,10 @@ ngx_http_civchat_redis_process(ngx_http_civchat_redis_conn_t *conn)
         ngx_http_civchat_redis_scan_init(&conn->scan);
 
         if (conn->sub) {
-            ngx_http_civchat_redis_sub_reply(conn, start, len);
+            rd->sub_input(conn, start, len);
 
         } else {
-            ngx_http_civchat_redis_reply(conn, start, len);
+            rd->cmd_input(conn, start, len);
         }
 
         if (conn->gen != gen) {
@@ -2011,12 +2044,11 @@ static void
 ngx_http_civchat_redis_fail(ngx_http_civchat_redis_conn_t *conn,
     const char *reason)
 {
-    uint64_t                           sent;
-    ngx_queue_t                        waiting, *q;
-    ngx_http_civchat_redis_t          *rd;
-    ngx_http_civchat_redis_cmd_t      *cmd;
-    ngx_http_civchat_redis_node_t     *node;
-    ngx_http_civchat_redis_channel_t  *ch;
+    uint64_t                         sent;
+    ngx_queue_t                      waiting, *q;
+    ngx_http_civchat_redis_t        *rd;
+    ngx_http_civchat_redis_cmd_t    *cmd;
+    ngx_http_civchat_redis_node_t   *node;
 
     node = conn->node;
     rd = node->rd;
@@ -2044,17 +2076,8 @@ ngx_http_civchat_redis_fail(ngx_http_civchat_redis_conn_t *conn,
     ngx_http_civchat_redis_backoff(rd, node);
 
     if (conn->sub) {
-        for (q = ngx_queue_head(&rd->channel_list);
-             q != ngx_queue_sentinel(&rd->channel_list);
-             q = ngx_queue_next(q))
-        {
-            ch = ngx_queue_data(q, ngx_http_civchat_redis_channel_t, all);
-
-            if (ch->node == node) {
-                ngx_http_civchat_redis_channel_lost(rd, ch,
-                                                NGX_HTTP_CIVCHAT_REDIS_RETRY);
-            }
-        }
+        /* its channels are to be subscribed again */
+        rd->sub_lost(rd, node);
     }
 
     while (!ngx_queue_empty(&waiting)) {
@@ -2075,7 +2098,7 @@ ngx_http_civchat_redis_fail(ngx_http_civchat_redis_conn_t *conn,
         ngx_http_civchat_redis_fail_cmd(rd, cmd, reason);
     }
 
-    ngx_http_civchat_redis_refresh(rd);
+    rd->remap(rd);
     ngx_http_civchat_redis_gauges(rd);
 }
 
@@ -2928,6 +2951,29 @@ done:
 
     if (conn->pool != NULL) {
         ngx_reset_pool(conn->pool);
+    }
+}
+
+
+/* a node's subscriber connection is lost: its channels, again, soon */
+
+static void
+ngx_http_civchat_redis_sub_lost(ngx_http_civchat_redis_t *rd,
+    ngx_http_civchat_redis_node_t *node)
+{
+    ngx_queue_t                       *q;
+    ngx_http_civchat_redis_channel_t  *ch;
+
+    for (q = ngx_queue_head(&rd->channel_list);
+         q != ngx_queue_sentinel(&rd->channel_list);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_civchat_redis_channel_t, all);
+
+        if (ch->node == node) {
+            ngx_http_civchat_redis_channel_lost(rd, ch,
+                                                NGX_HTTP_CIVCHAT_REDIS_RETRY);
+        }
     }
 }
 
