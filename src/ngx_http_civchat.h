@@ -1004,7 +1004,7 @@ ngx_int_t ngx_http_civchat_widget_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf);
 
 
-/* redis.c, resp.c: the Redis Cluster client */
+/* redis_*.c, resp.c: the Redis Cluster client */
 #include "ngx_http_civchat_redis.h"
 
 

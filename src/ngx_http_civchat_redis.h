@@ -15,7 +15,8 @@
 
 /*
  * An asynchronous client for Redis Cluster on nginx's event loop
- * (redis.c; the RESP2 reply parser and the key slot are in resp.c).
+ * (redis_*.c, which share ngx_http_civchat_redis_int.h; the RESP2 reply
+ * parser and the key slot are in resp.c).
  *
  * A cluster is defined with "civchat_redis NAME host:port ...;" at the
  * http level.  Each worker keeps its own slot map (CLUSTER SLOTS, asked
