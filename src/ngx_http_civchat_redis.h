@@ -114,7 +114,12 @@ struct ngx_http_civchat_redis_reply_s {
 typedef void (*ngx_http_civchat_redis_handler_pt)(void *data, ngx_int_t rc,
     ngx_http_civchat_redis_reply_t *reply);
 
-/* a message on a subscribed channel; both strings live until return */
+/*
+ * A message on a subscribed channel; both strings live until return.
+ * Called with message NULL when the subscription is made (again), with
+ * channel set, or lost (channel NULL): what was published in between
+ * did not arrive.
+ */
 typedef void (*ngx_http_civchat_redis_message_pt)(void *data,
     ngx_str_t *channel, ngx_str_t *message);
 

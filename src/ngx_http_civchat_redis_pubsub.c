@@ -28,6 +28,8 @@ static void ngx_http_civchat_redis_cmd_arg(ngx_http_civchat_redis_cmd_t *cmd,
     ngx_uint_t index, ngx_str_t *arg);
 static void ngx_http_civchat_redis_channel_lost(ngx_http_civchat_redis_t *rd,
     ngx_http_civchat_redis_channel_t *ch, ngx_msec_t delay);
+static void ngx_http_civchat_redis_channel_tell(
+    ngx_http_civchat_redis_channel_t *ch, ngx_str_t *message);
 static void ngx_http_civchat_redis_channel_free(ngx_http_civchat_redis_t *rd,
     ngx_http_civchat_redis_channel_t *ch);
 
@@ -171,10 +173,8 @@ ngx_http_civchat_redis_sub_reply(ngx_http_civchat_redis_conn_t *conn,
 {
     ngx_str_t                          *kind, name, arg, argv[2];
     ngx_uint_t                          slot;
-    ngx_queue_t                        *q;
     ngx_http_civchat_redis_t           *rd;
     ngx_http_civchat_redis_cmd_t       *head;
-    ngx_http_civchat_redis_sub_t       *sub;
     ngx_http_civchat_redis_node_t      *node;
     ngx_http_civchat_redis_reply_t     *reply;
     ngx_http_civchat_redis_channel_t   *ch;
@@ -277,34 +277,7 @@ ngx_http_civchat_redis_sub_reply(ngx_http_civchat_redis_conn_t *conn,
             goto done;
         }
 
-        /* a handler may unsubscribe anyone: they are freed after */
-
-        ch->delivering = 1;
-
-        for (q = ngx_queue_head(&ch->subs);
-             q != ngx_queue_sentinel(&ch->subs);
-             q = ngx_queue_next(q))
-        {
-            sub = ngx_queue_data(q, ngx_http_civchat_redis_sub_t, queue);
-
-            if (sub->handler != NULL) {
-                sub->handler(sub->data, &ch->sn.str, &reply->elts[2].str);
-            }
-        }
-
-        ch->delivering = 0;
-
-        q = ngx_queue_head(&ch->subs);
-
-        while (q != ngx_queue_sentinel(&ch->subs)) {
-            sub = ngx_queue_data(q, ngx_http_civchat_redis_sub_t, queue);
-            q = ngx_queue_next(q);
-
-            if (sub->handler == NULL) {
-                ngx_queue_remove(&sub->queue);
-                ngx_free(sub);
-            }
-        }
+        ngx_http_civchat_redis_channel_tell(ch, &reply->elts[2].str);
 
         if (ngx_queue_empty(&ch->subs)) {
             ngx_http_civchat_redis_channel_free(rd, ch);
@@ -328,6 +301,9 @@ ngx_http_civchat_redis_sub_reply(ngx_http_civchat_redis_conn_t *conn,
 
         if (ch != NULL && ch->node == node) {
             ch->state = NGX_HTTP_CIVCHAT_REDIS_ACTIVE;
+
+            /* what was said while it was not subscribed is lost: say so */
+            ngx_http_civchat_redis_channel_tell(ch, NULL);
 
         } else {
             /* nobody wants it here any more */
@@ -395,6 +371,53 @@ done:
 }
 
 
+/*
+ * A channel's subscribers are told a message, or (message NULL) that
+ * the channel was subscribed (state ACTIVE) or is not any more: what is
+ * published meanwhile is lost.  A handler may unsubscribe anyone: they
+ * are freed after; the channel itself stays.
+ */
+
+static void
+ngx_http_civchat_redis_channel_tell(ngx_http_civchat_redis_channel_t *ch,
+    ngx_str_t *message)
+{
+    ngx_str_t                     *name;
+    ngx_queue_t                   *q;
+    ngx_http_civchat_redis_sub_t  *sub;
+
+    name = (message != NULL || ch->state == NGX_HTTP_CIVCHAT_REDIS_ACTIVE)
+           ? &ch->sn.str : NULL;
+
+    ch->delivering = 1;
+
+    for (q = ngx_queue_head(&ch->subs);
+         q != ngx_queue_sentinel(&ch->subs);
+         q = ngx_queue_next(q))
+    {
+        sub = ngx_queue_data(q, ngx_http_civchat_redis_sub_t, queue);
+
+        if (sub->handler != NULL) {
+            sub->handler(sub->data, name, message);
+        }
+    }
+
+    ch->delivering = 0;
+
+    q = ngx_queue_head(&ch->subs);
+
+    while (q != ngx_queue_sentinel(&ch->subs)) {
+        sub = ngx_queue_data(q, ngx_http_civchat_redis_sub_t, queue);
+        q = ngx_queue_next(q);
+
+        if (sub->handler == NULL) {
+            ngx_queue_remove(&sub->queue);
+            ngx_free(sub);
+        }
+    }
+}
+
+
 /* a node's subscriber connection is lost: its channels, again, soon */
 
 void
@@ -422,6 +445,11 @@ static void
 ngx_http_civchat_redis_channel_lost(ngx_http_civchat_redis_t *rd,
     ngx_http_civchat_redis_channel_t *ch, ngx_msec_t delay)
 {
+    if (ch->state == NGX_HTTP_CIVCHAT_REDIS_ACTIVE) {
+        ch->state = NGX_HTTP_CIVCHAT_REDIS_NONE;
+        ngx_http_civchat_redis_channel_tell(ch, NULL);
+    }
+
     ch->state = NGX_HTTP_CIVCHAT_REDIS_NONE;
     ch->node = NULL;
 
