@@ -22,6 +22,8 @@
  * does when they were made, or refused.
  */
 
+static ngx_int_t ngx_http_civchat_cache_stale(ngx_http_civchat_sync_t *sync,
+    ngx_array_t *ids, ngx_http_civchat_profile_t *p);
 static void ngx_http_civchat_cache_name(ngx_http_civchat_sync_t *sync,
     u_char kind, ngx_str_t *value);
 static ngx_http_civchat_before_t *ngx_http_civchat_cache_find(
@@ -55,7 +57,6 @@ ngx_int_t
 ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_plan_t *plan, ngx_http_civchat_sync_t *sync)
 {
-    ngx_str_t                   *id;
     ngx_uint_t                   i;
     ngx_http_civchat_name_t     *n, **f;
     ngx_http_civchat_index_t    *ix;
@@ -74,6 +75,7 @@ ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
 
     sync->flush.nelts = 0;
     sync->fetch.nelts = 0;
+    sync->stale.nelts = 0;
 
     for (i = 0; i < sync->nnames; i++) {
         n = &sync->names[i];
@@ -93,22 +95,16 @@ ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
                 continue;
             }
 
-            if (c != NULL
-                && (c->flags & (NGX_HTTP_CIVCHAT_CACHE_DIRTY
-                                |NGX_HTTP_CIVCHAT_CACHE_FLUSHING)))
+            /* its copy is read again, its delta written first */
+
+            if (ngx_http_civchat_cache_stale(sync, &sync->stale, p) != NGX_OK
+                || (c != NULL
+                    && (c->flags & (NGX_HTTP_CIVCHAT_CACHE_DIRTY
+                                    |NGX_HTTP_CIVCHAT_CACHE_FLUSHING))
+                    && ngx_http_civchat_cache_stale(sync, &sync->flush, p)
+                       != NGX_OK))
             {
-                id = ngx_array_push(&sync->flush);
-                if (id == NULL) {
-                    return NGX_ERROR;
-                }
-
-                id->len = p->key.len;
-                id->data = ngx_pnalloc(sync->pool, id->len);
-                if (id->data == NULL) {
-                    return NGX_ERROR;
-                }
-
-                ngx_memcpy(id->data, p->key.data, id->len);
+                return NGX_ERROR;
             }
 
         } else if (sync->degraded) {
@@ -124,6 +120,42 @@ ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
     }
 
     return (sync->fetch.nelts || sync->flush.nelts) ? NGX_AGAIN : NGX_OK;
+}
+
+
+/* a profile's id in a list, once */
+
+static ngx_int_t
+ngx_http_civchat_cache_stale(ngx_http_civchat_sync_t *sync,
+    ngx_array_t *ids, ngx_http_civchat_profile_t *p)
+{
+    ngx_str_t   *id;
+    ngx_uint_t   i;
+
+    id = ids->elts;
+
+    for (i = 0; i < ids->nelts; i++) {
+        if (id[i].len == p->key.len
+            && ngx_memcmp(id[i].data, p->key.data, p->key.len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    id = ngx_array_push(ids);
+    if (id == NULL) {
+        return NGX_ERROR;
+    }
+
+    id->len = p->key.len;
+    id->data = ngx_pnalloc(sync->pool, id->len);
+    if (id->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(id->data, p->key.data, id->len);
+
+    return NGX_OK;
 }
 
 

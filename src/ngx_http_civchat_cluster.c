@@ -277,6 +277,7 @@ ngx_http_civchat_cluster_sync(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool,
     sync->log = log;
 
     if (ngx_array_init(&sync->flush, pool, 2, sizeof(ngx_str_t)) != NGX_OK
+        || ngx_array_init(&sync->stale, pool, 2, sizeof(ngx_str_t)) != NGX_OK
         || ngx_array_init(&sync->fetch, pool, 4,
                           sizeof(ngx_http_civchat_name_t *))
            != NGX_OK
@@ -580,12 +581,16 @@ ngx_http_civchat_cluster_flushed(void *data, ngx_int_t rc)
 }
 
 
-/* each name's index entry, and a key's own document */
+/*
+ * Each name's index entry, and a key's own document; and the documents
+ * of the stale copies that hold the names here.
+ */
 
 static ngx_int_t
 ngx_http_civchat_cluster_reads(ngx_http_civchat_sync_t *sync)
 {
-    ngx_uint_t                 i;
+    ngx_str_t                 *ids;
+    ngx_uint_t                 i, j;
     ngx_http_civchat_name_t  **names, *n;
 
     names = sync->fetch.elts;
@@ -607,6 +612,30 @@ ngx_http_civchat_cluster_reads(ngx_http_civchat_sync_t *sync)
         if (n->kind == NGX_HTTP_CIVCHAT_BY_KEY
             && ngx_http_civchat_cluster_ask(sync, NGX_HTTP_CIVCHAT_ASK_DOC, n,
                                             &n->value)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    ids = sync->stale.elts;
+
+    for (i = 0; i < sync->stale.nelts; i++) {
+
+        for (j = 0; j < sync->fetch.nelts; j++) {
+            n = names[j];
+
+            if (n->kind == NGX_HTTP_CIVCHAT_BY_KEY
+                && n->value.len == ids[i].len
+                && ngx_memcmp(n->value.data, ids[i].data, ids[i].len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == sync->fetch.nelts
+            && ngx_http_civchat_cluster_ask(sync, NGX_HTTP_CIVCHAT_ASK_DOC,
+                                            NULL, &ids[i])
                != NGX_OK)
         {
             return NGX_ERROR;

@@ -211,6 +211,7 @@ struct ngx_http_civchat_sync_s {
     ngx_uint_t                    nnames;
 
     ngx_array_t                   flush;     /* ngx_str_t: ids */
+    ngx_array_t                   stale;     /* ngx_str_t: ids to read */
     ngx_array_t                   fetch;     /* ngx_http_civchat_name_t * */
     ngx_array_t                   docs;      /* ngx_http_civchat_doc_t */
     ngx_array_t                   before;    /* ngx_http_civchat_before_t */
