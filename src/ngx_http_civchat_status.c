@@ -523,8 +523,7 @@ ngx_http_civchat_status_zones(u_char *p, ngx_http_civchat_main_conf_t *mcf)
         "civchat_redis_writes_total", "counter",
         "Requests that wrote an identity change before answering.",
         "civchat_redis_conflicts_total", "counter",
-        "Writes refused (another host was first): the request applied "
-        "again.",
+        "Writes refused (another host was first), applied again.",
         "civchat_redis_unavailable_total", "counter",
         "Requests for which Redis did not answer.",
         "civchat_redis_deltas_total", "counter",
