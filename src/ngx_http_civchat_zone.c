@@ -589,6 +589,14 @@ ngx_http_civchat_zone_lookup(ngx_http_civchat_zone_t *zone, ngx_str_t *key,
 
     p = ngx_http_civchat_store_owner(zone, ix);
 
+    if (zone->cluster != NULL
+        && !ngx_http_civchat_cache_fresh(zone,
+                                         ngx_http_civchat_cache_of(zone, p)))
+    {
+        /* a stale copy may hold what the key no longer proves */
+        goto done;
+    }
+
     user->proved = !(ix->flags & NGX_HTTP_CIVCHAT_KEY_UNPROVED);
     user->user_id_verified = (p->user_id.flags & NGX_HTTP_CIVCHAT_ID_VERIFIED)
                              ? 1 : 0;
