@@ -878,9 +878,11 @@ void ngx_http_civchat_http_set_counters(ngx_http_civchat_http_t *h,
 ngx_str_t *ngx_http_civchat_http_name(ngx_http_civchat_http_t *h);
 
 /* state.c: the state file (zone.c calls it, holding the lock for a piece) */
+#define NGX_HTTP_CIVCHAT_STATE_PIECE     (64 * 1024)  /* bytes of text */
+
 ngx_int_t ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone);
 ngx_http_civchat_state_save_t *ngx_http_civchat_state_begin(
-    ngx_http_civchat_zone_t *zone, ngx_log_t *log);
+    ngx_http_civchat_zone_t *zone, size_t size, ngx_log_t *log);
 ngx_int_t ngx_http_civchat_state_piece(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_state_save_t *s);
 ngx_int_t ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,

@@ -39,8 +39,8 @@
 
 #define NGX_HTTP_CIVCHAT_STATE_VERSION  1
 
-/* the text of one piece: a few hundred profiles */
-#define NGX_HTTP_CIVCHAT_STATE_PIECE    (64 * 1024)
+#define NGX_HTTP_CIVCHAT_STATE_HEADER                                        \
+    (sizeof("{\"civchat_state\":,\"profiles\":}\n") + 2 * NGX_INT_T_LEN)
 
 
 struct ngx_http_civchat_state_save_s {
@@ -109,10 +109,14 @@ static ngx_int_t ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
     json_t *verified);
 
 
-/* a save begins: its piece's buffer; nothing is read or written yet */
+/*
+ * A save begins: the buffer of a piece of "size" bytes of text
+ * (NGX_HTTP_CIVCHAT_STATE_PIECE); nothing is read or written yet.
+ */
 
 ngx_http_civchat_state_save_t *
-ngx_http_civchat_state_begin(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
+ngx_http_civchat_state_begin(ngx_http_civchat_zone_t *zone, size_t size,
+    ngx_log_t *log)
 {
     ngx_http_civchat_state_save_t  *s;
 
@@ -121,13 +125,16 @@ ngx_http_civchat_state_begin(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
         return NULL;
     }
 
-    s->buf = ngx_alloc(NGX_HTTP_CIVCHAT_STATE_PIECE, log);
+    /* the first piece begins with the header line */
+    size = ngx_max(size, NGX_HTTP_CIVCHAT_STATE_HEADER);
+
+    s->buf = ngx_alloc(size, log);
     if (s->buf == NULL) {
         ngx_free(s);
         return NULL;
     }
 
-    s->size = NGX_HTTP_CIVCHAT_STATE_PIECE;
+    s->size = size;
     s->log = log;
     s->fd = NGX_INVALID_FILE;
     s->after.data = s->key;

@@ -730,7 +730,9 @@ ngx_http_civchat_zone_save_piece(ngx_http_civchat_zone_t *zone,
     }
 
     if (zone->save == NULL) {
-        zone->save = ngx_http_civchat_state_begin(zone, log);
+        zone->save = ngx_http_civchat_state_begin(zone,
+                                              NGX_HTTP_CIVCHAT_STATE_PIECE,
+                                              log);
         if (zone->save == NULL) {
             return NGX_ERROR;
         }
