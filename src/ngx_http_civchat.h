@@ -794,7 +794,8 @@ ngx_http_civchat_profile_t *ngx_http_civchat_store_owner(
 ngx_http_civchat_profile_t *ngx_http_civchat_store_find(
     ngx_http_civchat_zone_t *zone, u_char kind, ngx_str_t *value);
 ngx_http_civchat_profile_t *ngx_http_civchat_store_next(
-    ngx_http_civchat_zone_t *zone, ngx_http_civchat_index_t *after);
+    ngx_http_civchat_zone_t *zone, ngx_http_civchat_index_t *after,
+    ngx_http_civchat_profile_t *prev);
 ngx_http_civchat_profile_t *ngx_http_civchat_store_create(
     ngx_http_civchat_zone_t *zone, ngx_str_t *key, time_t now);
 ngx_int_t ngx_http_civchat_store_set_index(ngx_http_civchat_zone_t *zone,

@@ -64,6 +64,7 @@ struct ngx_http_civchat_state_save_s {
     uint64_t                      began;     /* microseconds */
     uint64_t                      locked;
     uint64_t                      locked_max;
+    uint64_t                      synced;    /* fsync() */
 };
 
 
@@ -206,9 +207,13 @@ ngx_http_civchat_state_fill(ngx_http_civchat_zone_t *zone,
     size_t                       size;
     ngx_http_civchat_profile_t  *pr;
 
+    pr = NULL;
+
     for ( ;; ) {
+        /* the first of the piece is looked up, the others follow it */
         pr = ngx_http_civchat_store_next(zone,
-                                         s->after.len ? &s->after : NULL);
+                                         s->after.len ? &s->after : NULL,
+                                         pr);
         if (pr == NULL) {
             return NGX_OK;
         }
@@ -442,6 +447,14 @@ ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,
 
     s->bytes += n;
 
+#if (NGX_LINUX)
+    /*
+     * the disk starts writing each piece now, so that the fsync() at the
+     * end, which blocks the worker, finds little left to write
+     */
+    (void) sync_file_range(s->fd, s->bytes - n, n, SYNC_FILE_RANGE_WRITE);
+#endif
+
     if (rc == NGX_AGAIN) {
         return NGX_AGAIN;
     }
@@ -481,13 +494,18 @@ static ngx_int_t
 ngx_http_civchat_state_commit(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_state_save_t *s)
 {
+    uint64_t  start;
     ngx_fd_t  fd;
+
+    start = ngx_http_civchat_state_usec();
 
     if (fsync(s->fd) == -1) {
         ngx_log_error(NGX_LOG_ERR, s->log, ngx_errno,
                       "civchat: writing state \"%s\" failed", s->tmp);
         return NGX_ERROR;
     }
+
+    s->synced = ngx_http_civchat_state_usec() - start;
 
     fd = s->fd;
     s->fd = NGX_INVALID_FILE;
@@ -509,11 +527,11 @@ ngx_http_civchat_state_commit(ngx_http_civchat_zone_t *zone,
 
     ngx_log_error(NGX_LOG_INFO, s->log, 0,
                   "civchat: zone \"%V\" saved to \"%V\": %ui profiles, "
-                  "%O bytes, %ui pieces in %uLms; the lock held %uLus in "
-                  "all, at most %uLus at a time",
+                  "%O bytes, %ui pieces in %uLms, fsync %uLms; the lock "
+                  "held %uLus in all, at most %uLus at a time",
                   &zone->name, &zone->state, s->profiles, s->bytes,
                   s->pieces, (ngx_http_civchat_state_usec() - s->began) / 1000,
-                  s->locked, s->locked_max);
+                  s->synced / 1000, s->locked, s->locked_max);
 
     return NGX_OK;
 }
