@@ -99,6 +99,8 @@ typedef struct ngx_http_civchat_http_s   ngx_http_civchat_http_t;
 typedef struct ngx_http_civchat_widget_s  ngx_http_civchat_widget_t;
 typedef struct ngx_http_civchat_cluster_s  ngx_http_civchat_cluster_t;
 typedef struct ngx_http_civchat_sync_s   ngx_http_civchat_sync_t;
+typedef struct ngx_http_civchat_state_save_s
+    ngx_http_civchat_state_save_t;
 
 
 /* what a store has done, shared by the workers (status.c) */
@@ -367,6 +369,7 @@ struct ngx_http_civchat_zone_s {
     ngx_str_t                     state;     /* state file, or empty */
     ngx_msec_t                    state_interval;
     ngx_event_t                   save_event;
+    ngx_http_civchat_state_save_t *save;    /* per process: under way */
     ngx_log_t                    *log;
     ngx_uint_t                    live_size; /* civchat_zone live= */
     ngx_http_civchat_cluster_t   *cluster;   /* redis=: its profiles */
@@ -774,6 +777,8 @@ ngx_int_t ngx_http_civchat_zone_live_news(ngx_http_civchat_zone_t *zone,
 uint64_t ngx_http_civchat_zone_live_seq(ngx_http_civchat_zone_t *zone);
 ngx_int_t ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone,
     ngx_log_t *log);
+void ngx_http_civchat_zone_save_exit(ngx_http_civchat_zone_t *zone,
+    ngx_log_t *log);
 void ngx_http_civchat_zone_timer(ngx_http_civchat_zone_t *zone,
     ngx_cycle_t *cycle);
 void ngx_http_civchat_zone_counts(ngx_http_civchat_zone_t *zone,
@@ -809,6 +814,9 @@ ngx_http_civchat_profile_t *ngx_http_civchat_store_owner(
     ngx_http_civchat_zone_t *zone, ngx_http_civchat_index_t *ix);
 ngx_http_civchat_profile_t *ngx_http_civchat_store_find(
     ngx_http_civchat_zone_t *zone, u_char kind, ngx_str_t *value);
+ngx_http_civchat_profile_t *ngx_http_civchat_store_next(
+    ngx_http_civchat_zone_t *zone, ngx_http_civchat_index_t *after,
+    ngx_http_civchat_profile_t *prev);
 ngx_http_civchat_profile_t *ngx_http_civchat_store_create(
     ngx_http_civchat_zone_t *zone, ngx_str_t *key, time_t now);
 ngx_int_t ngx_http_civchat_store_set_index(ngx_http_civchat_zone_t *zone,
@@ -892,12 +900,18 @@ void ngx_http_civchat_http_set_counters(ngx_http_civchat_http_t *h,
     ngx_http_civchat_counters_t *counters);
 ngx_str_t *ngx_http_civchat_http_name(ngx_http_civchat_http_t *h);
 
-/* state.c: the state file (zone.c calls it, holding the lock to dump) */
+/* state.c: the state file (zone.c calls it, holding the lock for a piece) */
+#define NGX_HTTP_CIVCHAT_STATE_PIECE     (64 * 1024)  /* bytes of text */
+
 ngx_int_t ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone);
-ngx_int_t ngx_http_civchat_state_dump(ngx_http_civchat_zone_t *zone,
-    ngx_log_t *log, ngx_str_t *text, ngx_uint_t *changes);
+ngx_http_civchat_state_save_t *ngx_http_civchat_state_begin(
+    ngx_http_civchat_zone_t *zone, size_t size, ngx_log_t *log);
+ngx_int_t ngx_http_civchat_state_piece(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_state_save_t *s);
 ngx_int_t ngx_http_civchat_state_write(ngx_http_civchat_zone_t *zone,
-    u_char *buf, size_t len, ngx_log_t *log);
+    ngx_http_civchat_state_save_t *s, ngx_int_t rc);
+ngx_uint_t ngx_http_civchat_state_changes(ngx_http_civchat_state_save_t *s);
+void ngx_http_civchat_state_end(ngx_http_civchat_state_save_t *s);
 size_t ngx_http_civchat_state_identity_size(ngx_http_civchat_profile_t *pr);
 u_char *ngx_http_civchat_state_identity(u_char *p,
     ngx_http_civchat_profile_t *pr);

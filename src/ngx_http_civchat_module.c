@@ -824,6 +824,7 @@ ngx_http_civchat_exit_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < mcf->zones->nelts; i++) {
         ngx_http_civchat_stream_exit_process(zones[i]);
+        ngx_http_civchat_zone_save_exit(zones[i], cycle->log);
         ngx_http_civchat_behind_exit_process(zones[i]);
     }
 

@@ -263,6 +263,70 @@ ngx_http_civchat_store_find(ngx_http_civchat_zone_t *zone, u_char kind,
 
 
 /*
+ * The profile whose own key comes next in the index's order: hash,
+ * kind, then the bytes, as ngx_http_civchat_rbtree_insert() sorts.
+ * After "prev", a profile in the zone, while the lock is held since it
+ * was found; else after "after" (NULL: the first of all), which need
+ * not be in the zone any more.  A profile's own key never moves in that
+ * order, so a walk over all profiles that lets go of the lock between
+ * steps (state.c) goes on from the last key it saw.
+ */
+
+ngx_http_civchat_profile_t *
+ngx_http_civchat_store_next(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_index_t *after, ngx_http_civchat_profile_t *prev)
+{
+    ngx_rbtree_node_t         *node, *next, *sentinel;
+    ngx_http_civchat_index_t  *ix;
+
+    if (prev != NULL) {
+        next = ngx_rbtree_next(&zone->sh->rbtree, &prev->key.node);
+        goto found;
+    }
+
+    node = zone->sh->rbtree.root;
+    sentinel = zone->sh->rbtree.sentinel;
+    next = NULL;
+
+    /* the least entry greater than "after" */
+
+    while (node != sentinel) {
+        ix = (ngx_http_civchat_index_t *) node;
+
+        if (after == NULL
+            || after->node.key < node->key
+            || (after->node.key == node->key
+                && ngx_http_civchat_index_cmp(ix, after->kind, after->data,
+                                              after->len)
+                   > 0))
+        {
+            next = node;
+            node = node->left;
+
+        } else {
+            node = node->right;
+        }
+    }
+
+found:
+
+    /* user_ids, emails and a profile's other keys are passed over */
+
+    while (next != NULL) {
+        ix = (ngx_http_civchat_index_t *) next;
+
+        if (ix->kind == NGX_HTTP_CIVCHAT_BY_KEY && !ix->alias) {
+            return ngx_http_civchat_index_profile(ix);
+        }
+
+        next = ngx_rbtree_next(&zone->sh->rbtree, next);
+    }
+
+    return NULL;
+}
+
+
+/*
  * Allocation never fails a request while there is something to evict:
  * the least recently seen profile goes first, except the ones the
  * current request works on.

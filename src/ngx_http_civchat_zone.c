@@ -45,6 +45,8 @@ static void ngx_http_civchat_zone_tell(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_result_t *res, ngx_uint_t from);
 static ngx_int_t ngx_http_civchat_zone_str(ngx_pool_t *pool, u_char *data,
     size_t len, ngx_str_t *out);
+static ngx_int_t ngx_http_civchat_zone_save_piece(
+    ngx_http_civchat_zone_t *zone, ngx_log_t *log);
 static void ngx_http_civchat_zone_timer_handler(ngx_event_t *ev);
 
 
@@ -783,47 +785,102 @@ ngx_http_civchat_zone_live_seq(ngx_http_civchat_zone_t *zone)
 
 
 /*
- * The state file: the profiles are written out under the lock, the
- * file outside it.
+ * The state file, a piece at a time (state.c): a few hundred profiles
+ * written out under the lock, then to the file outside it.  NGX_AGAIN:
+ * more to come; NGX_OK: saved; NGX_DECLINED: nothing changed since the
+ * last save.
  */
 
-ngx_int_t
-ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
+static ngx_int_t
+ngx_http_civchat_zone_save_piece(ngx_http_civchat_zone_t *zone,
+    ngx_log_t *log)
 {
-    ngx_int_t   rc;
-    ngx_str_t   text;
-    ngx_uint_t  changes;
+    ngx_int_t  rc;
 
     if (zone->state.len == 0 || zone->sh == NULL) {
         return NGX_DECLINED;
     }
 
+    if (zone->save == NULL) {
+        zone->save = ngx_http_civchat_state_begin(zone,
+                                              NGX_HTTP_CIVCHAT_STATE_PIECE,
+                                              log);
+        if (zone->save == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
     ngx_http_civchat_zone_lock(zone);
 
-    rc = ngx_http_civchat_state_dump(zone, log, &text, &changes);
+    rc = ngx_http_civchat_state_piece(zone, zone->save);
 
     ngx_http_civchat_zone_unlock(zone);
 
-    if (rc != NGX_OK) {
-        /* NGX_DECLINED: nothing changed since the last save */
-        return rc;
+    if (rc == NGX_OK || rc == NGX_AGAIN) {
+        rc = ngx_http_civchat_state_write(zone, zone->save, rc);
     }
 
-    rc = ngx_http_civchat_state_write(zone, text.data, text.len, log);
-
-    ngx_free(text.data);
+    if (rc == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
 
     if (rc == NGX_OK) {
+        /* what changed during the save makes the next one */
         ngx_http_civchat_zone_lock(zone);
-        zone->sh->saved = changes;
+        zone->sh->saved = ngx_http_civchat_state_changes(zone->save);
         ngx_http_civchat_zone_unlock(zone);
     }
+
+    ngx_http_civchat_state_end(zone->save);
+    zone->save = NULL;
 
     return rc;
 }
 
 
-/* one worker saves the zone every state_interval */
+/* the whole zone at once (at stop), or the rest of a save under way */
+
+ngx_int_t
+ngx_http_civchat_zone_save(ngx_http_civchat_zone_t *zone, ngx_log_t *log)
+{
+    ngx_int_t  rc;
+
+    do {
+        rc = ngx_http_civchat_zone_save_piece(zone, log);
+    } while (rc == NGX_AGAIN);
+
+    return rc;
+}
+
+
+/*
+ * A worker leaving finishes a save it had under way; on a fast stop it
+ * drops it instead (the master is about to save the whole zone, and
+ * kills a worker that takes too long).
+ */
+
+void
+ngx_http_civchat_zone_save_exit(ngx_http_civchat_zone_t *zone,
+    ngx_log_t *log)
+{
+    if (zone->save == NULL) {
+        return;
+    }
+
+    if (ngx_terminate) {
+        ngx_http_civchat_state_end(zone->save);
+        zone->save = NULL;
+        return;
+    }
+
+    (void) ngx_http_civchat_zone_save(zone, log);
+}
+
+
+/*
+ * One worker saves the zone every state_interval, a piece on each turn
+ * of its event loop so that it answers requests in between.
+ */
 
 void
 ngx_http_civchat_zone_timer(ngx_http_civchat_zone_t *zone,
@@ -851,7 +908,11 @@ ngx_http_civchat_zone_timer_handler(ngx_event_t *ev)
 {
     ngx_http_civchat_zone_t  *zone = ev->data;
 
-    (void) ngx_http_civchat_zone_save(zone, ev->log);
+    if (ngx_http_civchat_zone_save_piece(zone, ev->log) == NGX_AGAIN) {
+        /* after the events that are ready now */
+        ngx_post_event(ev, &ngx_posted_next_events);
+        return;
+    }
 
     if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
         ngx_add_timer(ev, zone->state_interval);
