@@ -108,6 +108,7 @@ static void ngx_http_civchat_state_alias(ngx_http_civchat_zone_t *zone,
     u_char flags);
 static ngx_int_t ngx_http_civchat_state_line(ngx_http_civchat_zone_t *zone,
     u_char *line, size_t len);
+static void ngx_http_civchat_state_leftovers(ngx_http_civchat_zone_t *zone);
 static ngx_int_t ngx_http_civchat_state_index(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *pr, u_char kind, json_t *value,
     json_t *verified);
@@ -643,6 +644,50 @@ ngx_http_civchat_state_usec(void)
 }
 
 
+/*
+ * The temporary files of saves a crash cut short (path.tmp.PID): nginx
+ * starts, no worker saves yet, none of them will ever be renamed.
+ */
+
+static void
+ngx_http_civchat_state_leftovers(ngx_http_civchat_zone_t *zone)
+{
+    u_char      *pattern;
+    ngx_str_t    name;
+    ngx_glob_t   gl;
+
+    pattern = ngx_alloc(zone->state.len + sizeof(".tmp.*"), zone->log);
+    if (pattern == NULL) {
+        return;
+    }
+
+    ngx_sprintf(pattern, "%V.tmp.*%Z", &zone->state);
+
+    ngx_memzero(&gl, sizeof(ngx_glob_t));
+    gl.pattern = pattern;
+    gl.log = zone->log;
+    gl.test = 1;
+
+    if (ngx_open_glob(&gl) == NGX_OK) {
+        while (ngx_read_glob(&gl, &name) == NGX_OK) {
+            if (ngx_delete_file(name.data) == NGX_FILE_ERROR) {
+                ngx_log_error(NGX_LOG_WARN, zone->log, ngx_errno,
+                              ngx_delete_file_n " \"%V\" failed", &name);
+                continue;
+            }
+
+            ngx_log_error(NGX_LOG_NOTICE, zone->log, 0,
+                          "civchat: removed \"%V\", left by a save that "
+                          "did not finish", &name);
+        }
+
+        ngx_close_glob(&gl);
+    }
+
+    ngx_free(pattern);
+}
+
+
 ngx_int_t
 ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone)
 {
@@ -652,6 +697,8 @@ ngx_http_civchat_state_load(ngx_http_civchat_zone_t *zone)
     ngx_uint_t                      i, bad, nlines;
     ngx_file_info_t                 fi;
     ngx_http_civchat_state_line_t  *lines;
+
+    ngx_http_civchat_state_leftovers(zone);
 
     fd = ngx_open_file(zone->state.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
 

@@ -208,7 +208,8 @@ sub compare_all {
 
 sub no_skipped {
 	my ($name) = @_;
-	my @bad = grep { /skipped|unreadable|civchat.*state/i && !/\[info\]/ }
+	my @bad = grep { /skipped|unreadable|civchat.*state/i
+		&& !/\[(info|notice)\]/ }
 		split /\n/, $t->read_file('error.log') // '';
 	is(join("\n", @bad), '', "$name: the state loads without a complaint");
 }
@@ -477,11 +478,15 @@ for (1 .. 10) {
 }
 
 ok($left && @$left, "killed during a save ($tries tries)");
-unlink map { "$d/$_" } @{$left // []};
 
 $t->write_file('error.log', '');
 $t->run();
 no_skipped('killed during a save');
+ok(!grep({ -e "$d/$_" } @{$left // []}),
+	'killed during a save: its temporary file is removed at the next start');
+like($t->read_file('error.log') // '',
+	qr/\[notice\].*civchat: removed "[^"]*\.tmp\.\d+", left by a save/,
+	'killed during a save: the removal is logged');
 is(scalar(grep { api(GET => "users/user_id/$p-$_")->status == 200 }
 	1 .. $N), $N, 'killed during a save: every profile');
 # the profiles no updater changed since they were read
