@@ -303,8 +303,12 @@ ngx_http_civchat_api_body(ngx_http_request_t *r)
 static void
 ngx_http_civchat_api_resolved(ngx_http_request_t *r, ngx_int_t rc)
 {
+    ngx_connection_t          *c;
     ngx_http_civchat_ctx_t    *ctx;
     ngx_http_civchat_route_t  *rt;
+
+    /* finalizing may free the request: its connection is kept first */
+    c = r->connection;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
     rt = (ngx_http_civchat_route_t *) (ctx + 1);
@@ -320,7 +324,7 @@ ngx_http_civchat_api_resolved(ngx_http_request_t *r, ngx_int_t rc)
     }
 
     ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 

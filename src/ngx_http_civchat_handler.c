@@ -453,7 +453,11 @@ ngx_http_civchat_process_parsed(ngx_http_request_t *r,
 static void
 ngx_http_civchat_resolved(ngx_http_request_t *r, ngx_int_t rc)
 {
+    ngx_connection_t        *c;
     ngx_http_civchat_ctx_t  *ctx;
+
+    /* finalizing may free the request: its connection is kept first */
+    c = r->connection;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
 
@@ -466,7 +470,7 @@ ngx_http_civchat_resolved(ngx_http_request_t *r, ngx_int_t rc)
     }
 
     ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
