@@ -675,6 +675,7 @@ ngx_int_t ngx_http_civchat_handler(ngx_http_request_t *r);
 /* request.c */
 ngx_http_civchat_ctx_t *ngx_http_civchat_new_ctx(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf, ngx_uint_t endpoint, size_t extra);
+off_t ngx_http_civchat_body_size(ngx_http_request_t *r);
 ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body);
 ngx_int_t ngx_http_civchat_parse_body(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
@@ -746,6 +747,8 @@ ngx_int_t ngx_http_civchat_plan(ngx_http_request_t *r,
 ngx_int_t ngx_http_civchat_plan_api(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_plan_t *plan,
     ngx_uint_t op, u_char kind, ngx_str_t *id);
+ngx_int_t ngx_http_civchat_plan_by_body(ngx_pool_t *pool, json_t *body,
+    u_char *kind, ngx_str_t *id);
 void ngx_http_civchat_plan_prove(ngx_http_civchat_plan_t *plan,
     ngx_http_civchat_loc_conf_t *lcf);
 typedef void (*ngx_http_civchat_resolved_pt)(ngx_http_request_t *r,

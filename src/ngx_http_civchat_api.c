@@ -74,8 +74,6 @@ static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_message_done(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
-static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_request_t *r,
-    ngx_http_civchat_ctx_t *ctx, u_char *kind, ngx_str_t *id);
 static ngx_int_t ngx_http_civchat_api_url_id(ngx_http_request_t *r,
     ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_import(ngx_http_request_t *r,
@@ -392,7 +390,9 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
                                           "users takes POST");
         }
 
-        if (ngx_http_civchat_api_by_body(r, ctx, &kind, &id) != NGX_OK) {
+        if (ngx_http_civchat_plan_by_body(r->pool, ctx->body, &kind, &id)
+            != NGX_OK)
+        {
             return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
                                           "missing_field", "%s",
                                           "ID is required: user_id, email "
@@ -690,53 +690,6 @@ ngx_http_civchat_api_message_done(ngx_http_request_t *r,
 }
 
 
-/*
- * Which profile a body names: user_id, else email, else key, read as
- * the widget reads them (trimmed; a number is its decimal text; an email
- * in lower case and checked).
- */
-
-static ngx_int_t
-ngx_http_civchat_api_by_body(ngx_http_request_t *r,
-    ngx_http_civchat_ctx_t *ctx, u_char *kind, ngx_str_t *id)
-{
-    json_t      *v;
-    const char  *reason;
-
-    v = json_object_get(ctx->body, "user_id");
-
-    if (v != NULL
-        && ngx_http_civchat_user_id(r->pool, v, id, &reason) == NGX_OK)
-    {
-        *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
-        return NGX_OK;
-    }
-
-    v = json_object_get(ctx->body, "email");
-
-    if (v != NULL
-        && ngx_http_civchat_email(r->pool, v, id, &reason) == NGX_OK)
-    {
-        *kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
-        return NGX_OK;
-    }
-
-    v = json_object_get(ctx->body, "key");
-
-    if (json_is_string(v)
-        && ngx_http_civchat_valid_key((u_char *) json_string_value(v),
-                                      json_string_length(v)))
-    {
-        id->data = (u_char *) json_string_value(v);
-        id->len = json_string_length(v);
-        *kind = NGX_HTTP_CIVCHAT_BY_KEY;
-        return NGX_OK;
-    }
-
-    return NGX_DECLINED;
-}
-
-
 /* an ID in the URL, read as the same field in a body would be */
 
 static ngx_int_t
@@ -917,7 +870,9 @@ ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     ctx->ignored.nelts = 0;
     ngx_memzero(&ctx->user, sizeof(ngx_http_civchat_user_t));
 
-    if (ngx_http_civchat_api_by_body(r, ctx, &kind, &id) != NGX_OK) {
+    if (ngx_http_civchat_plan_by_body(r->pool, ctx->body, &kind, &id)
+        != NGX_OK)
+    {
         ngx_http_civchat_api_row_error(results, n, "missing_field",
                                        "ID is required: user_id, email or "
                                        "key", counts);
