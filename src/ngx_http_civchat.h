@@ -322,6 +322,19 @@ typedef struct {
 } ngx_http_civchat_live_sh_t;
 
 
+/*
+ * Where csv.c's scanner is in a record (ngx_http_civchat_csv_end), from
+ * one window of an import to the next; 0 at the start of a record.
+ */
+
+#define NGX_HTTP_CIVCHAT_CSV_FIELD       0      /* at a field's start */
+#define NGX_HTTP_CIVCHAT_CSV_TEXT        1      /* in a field, not quoted */
+#define NGX_HTTP_CIVCHAT_CSV_QUOTED      2      /* in quotes */
+#define NGX_HTTP_CIVCHAT_CSV_QUOTE       3      /* a quote in quotes */
+#define NGX_HTTP_CIVCHAT_CSV_LINE        0x10   /* the quotes hold a line
+                                                   break */
+
+
 /* what the status page shows of a zone (zone.c); the last, on Redis */
 #define NGX_HTTP_CIVCHAT_ZONE_COUNTS     11
 #define NGX_HTTP_CIVCHAT_ZONE_LOCAL      5
@@ -1013,6 +1026,8 @@ json_t *ngx_http_civchat_csv_header(u_char **pos, u_char *last,
     const char **err);
 json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
     json_t *header, const char **err);
+u_char *ngx_http_civchat_csv_end(u_char *p, u_char *last, ngx_uint_t *state,
+    u_char **eol);
 
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_init(ngx_conf_t *cf,
