@@ -645,6 +645,7 @@ typedef struct {
 
     ngx_http_civchat_user_t       user;
     ngx_str_t                     state;          /* widget look asked for */
+    void                         *import;         /* import.c's, running */
     ngx_int_t                     answer_rc;      /* of an error answer */
     unsigned                      answered:1;
     unsigned                      api:1;          /* the server API */
@@ -1020,6 +1021,10 @@ char *ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* api.c */
 ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
+
+/* import.c */
+ngx_int_t ngx_http_civchat_import(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_uint_t csv);
 
 /* csv.c */
 json_t *ngx_http_civchat_csv_header(u_char **pos, u_char *last,
