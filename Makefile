@@ -107,13 +107,15 @@ test-valgrind: deps $(WIDGET_H)
 
 # The module against nginx's own baseline (page_hit, init, p.gif, zone
 # bytes per profile), instructions per request counted by callgrind,
-# then page hits through nginx into a local ClickHouse against
-# ClickHouse's own ingest rate for the same NDJSON, then page hits with
-# and without saves of a 128m zone (bench/README.md); builds first.
+# visitors' latency on a worker during a 100 MB import, then page hits
+# through nginx into a local ClickHouse against ClickHouse's own ingest
+# rate for the same NDJSON, then page hits with and without saves of a
+# 128m zone (bench/README.md); builds first.
 .PHONY: bench
 bench: deps all
 	sh bench/run.sh
 	sh bench/instructions.sh
+	sh bench/import.sh
 	sh bench/clickhouse.sh
 	sh bench/save.sh
 
