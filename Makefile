@@ -84,8 +84,8 @@ VALGRIND_CC    := -O1 -g -fno-omit-frame-pointer -DNGX_DEBUG_PALLOC=1
 VALGRIND_TESTS ?= t/endpoints.t t/identity.t t/attributes.t t/events.t \
                   t/bad_input.t t/cookie.t t/errors.t t/messy_data.t \
                   t/privacy.t t/variables.t t/visits.t t/widget.t \
-                  t/live.t t/live_http2.t t/api.t t/api_import.t t/status.t \
-                  t/status_zone.t t/zone.t \
+                  t/live.t t/live_http2.t t/api.t t/api_import.t \
+                  t/api_import_slices.t t/status.t t/status_zone.t t/zone.t \
                   t/store_file.t t/store_http.t t/store_http_errors.t \
                   t/store_http_outage.t t/store_http_reload.t \
                   t/store_http_slow.t t/store_http_idle.t \
@@ -107,13 +107,15 @@ test-valgrind: deps $(WIDGET_H)
 
 # The module against nginx's own baseline (page_hit, init, p.gif, zone
 # bytes per profile), instructions per request counted by callgrind,
-# then page hits through nginx into a local ClickHouse against
-# ClickHouse's own ingest rate for the same NDJSON, then page hits with
-# and without saves of a 128m zone (bench/README.md); builds first.
+# visitors' latency on a worker during a 100 MB import, then page hits
+# through nginx into a local ClickHouse against ClickHouse's own ingest
+# rate for the same NDJSON, then page hits with and without saves of a
+# 128m zone (bench/README.md); builds first.
 .PHONY: bench
 bench: deps all
 	sh bench/run.sh
 	sh bench/instructions.sh
+	sh bench/import.sh
 	sh bench/clickhouse.sh
 	sh bench/save.sh
 

@@ -23,6 +23,13 @@
  * same with a UTF-8 byte order mark before the body; and a body without
  * quotes reads as its lines split at CRLF, LF or CR and its fields at
  * commas, checked against a reading written here for that.
+ *
+ * The import reads a large body a window at a time and takes only the
+ * records that end in it: ngx_http_civchat_csv_end(), fed the body from
+ * a record's start in pieces (of 1 to 16 bytes, from the input), must
+ * say the record ends where ngx_http_civchat_csv_record() ends it (a
+ * CRLF cut between two pieces aside), or, finding no end, that a quote
+ * is open whose line the record ends with, or that it runs to the end.
  */
 
 
@@ -39,6 +46,8 @@ static json_t *fuzz_read(const uint8_t *data, size_t size,
 static json_t *fuzz_reference(const uint8_t *data, size_t size);
 static json_t *fuzz_line(json_t *header, const u_char *p, const u_char *last);
 static ngx_uint_t fuzz_twice(json_t *header);
+static void fuzz_end(const uint8_t *data, size_t size, size_t start,
+    size_t end);
 static void fuzz_check_string(json_t *v);
 
 
@@ -120,6 +129,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rec = ngx_http_civchat_csv_record(&p, last, header, &err);
 
         ngx_fuzz_assert(p > start && p <= last);
+
+        fuzz_end(data, size, start - one, p - one);
 
         /*
          * the records before left this one's bytes as they came: read
@@ -443,6 +454,66 @@ fuzz_line(json_t *header, const u_char *p, const u_char *last)
     }
 
     return rec;
+}
+
+
+/*
+ * Where the scanner, fed data from start in pieces, says the record
+ * ends, against where the reader ended it (end)
+ */
+
+static void
+fuzz_end(const uint8_t *data, size_t size, size_t start, size_t end)
+{
+    u_char      *p, *q, *last, *e, *eol, *want;
+    size_t       piece;
+    ngx_uint_t   state;
+
+    last = (u_char *) data + size;
+    piece = 1 + (start * 7 + size) % 16;
+    state = NGX_HTTP_CIVCHAT_CSV_FIELD;
+    eol = NULL;
+    e = NULL;
+
+    for (p = (u_char *) data + start; p < last && e == NULL; p = q) {
+        q = (size_t) (last - p) > piece ? p + piece : last;
+        e = ngx_http_civchat_csv_end(p, q, &state, &eol);
+
+        ngx_fuzz_assert(e == NULL || (e > p && e <= q));
+    }
+
+    if (e != NULL) {
+        if (e == data + end
+            || (e + 1 == data + end && e[-1] == CR && *e == LF))
+        {
+            return;
+        }
+
+        ngx_fuzz_fail("the record at %d ends at %d, the scanner says %d",
+                      (int) start, (int) end, (int) (e - data));
+    }
+
+    want = last;
+
+    if ((state & ~NGX_HTTP_CIVCHAT_CSV_LINE) == NGX_HTTP_CIVCHAT_CSV_QUOTED
+        && (state & NGX_HTTP_CIVCHAT_CSV_LINE))
+    {
+        /* a quote never closed: the record ends with the quote's line */
+
+        ngx_fuzz_assert(eol != NULL && eol >= data + start && eol < last);
+
+        want = eol + 1;
+
+        if (*eol == CR && want < last && *want == LF) {
+            want++;
+        }
+    }
+
+    if (want != data + end) {
+        ngx_fuzz_fail("the record at %d ends at %d; the scanner found no "
+                      "end, so %d", (int) start, (int) end,
+                      (int) (want - data));
+    }
 }
 
 

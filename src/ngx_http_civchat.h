@@ -322,6 +322,19 @@ typedef struct {
 } ngx_http_civchat_live_sh_t;
 
 
+/*
+ * Where csv.c's scanner is in a record (ngx_http_civchat_csv_end), from
+ * one window of an import to the next; 0 at the start of a record.
+ */
+
+#define NGX_HTTP_CIVCHAT_CSV_FIELD       0      /* at a field's start */
+#define NGX_HTTP_CIVCHAT_CSV_TEXT        1      /* in a field, not quoted */
+#define NGX_HTTP_CIVCHAT_CSV_QUOTED      2      /* in quotes */
+#define NGX_HTTP_CIVCHAT_CSV_QUOTE       3      /* a quote in quotes */
+#define NGX_HTTP_CIVCHAT_CSV_LINE        0x10   /* the quotes hold a line
+                                                   break */
+
+
 /* what the status page shows of a zone (zone.c); the last, on Redis */
 #define NGX_HTTP_CIVCHAT_ZONE_COUNTS     11
 #define NGX_HTTP_CIVCHAT_ZONE_LOCAL      5
@@ -632,6 +645,7 @@ typedef struct {
 
     ngx_http_civchat_user_t       user;
     ngx_str_t                     state;          /* widget look asked for */
+    void                         *import;         /* import.c's, running */
     ngx_int_t                     answer_rc;      /* of an error answer */
     unsigned                      answered:1;
     unsigned                      api:1;          /* the server API */
@@ -675,6 +689,7 @@ ngx_int_t ngx_http_civchat_handler(ngx_http_request_t *r);
 /* request.c */
 ngx_http_civchat_ctx_t *ngx_http_civchat_new_ctx(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf, ngx_uint_t endpoint, size_t extra);
+off_t ngx_http_civchat_body_size(ngx_http_request_t *r);
 ngx_int_t ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body);
 ngx_int_t ngx_http_civchat_parse_body(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
@@ -746,6 +761,8 @@ ngx_int_t ngx_http_civchat_plan(ngx_http_request_t *r,
 ngx_int_t ngx_http_civchat_plan_api(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_plan_t *plan,
     ngx_uint_t op, u_char kind, ngx_str_t *id);
+ngx_int_t ngx_http_civchat_plan_by_body(ngx_pool_t *pool, json_t *body,
+    u_char *kind, ngx_str_t *id);
 void ngx_http_civchat_plan_prove(ngx_http_civchat_plan_t *plan,
     ngx_http_civchat_loc_conf_t *lcf);
 typedef void (*ngx_http_civchat_resolved_pt)(ngx_http_request_t *r,
@@ -1005,11 +1022,17 @@ char *ngx_http_civchat_status(ngx_conf_t *cf, ngx_command_t *cmd,
 /* api.c */
 ngx_int_t ngx_http_civchat_api_handler(ngx_http_request_t *r);
 
+/* import.c */
+ngx_int_t ngx_http_civchat_import(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_uint_t csv);
+
 /* csv.c */
 json_t *ngx_http_civchat_csv_header(u_char **pos, u_char *last,
     const char **err);
 json_t *ngx_http_civchat_csv_record(u_char **pos, u_char *last,
     json_t *header, const char **err);
+u_char *ngx_http_civchat_csv_end(u_char *p, u_char *last, ngx_uint_t *state,
+    u_char **eol);
 
 /* widget.c */
 ngx_int_t ngx_http_civchat_widget_init(ngx_conf_t *cf,

@@ -18,6 +18,7 @@
  *   GET|PUT|POST|DELETE  users/key/ID, users/user_id/ID, users/email/ID
  *   POST                 users            create-or-update by the body
  *   POST                 import           NDJSON or CSV, a result a row
+ *                        (import.c: in slices, the answer streamed)
  *   POST                 users/KIND/ID/messages
  *                        {"content": ..., "type": "message" | "payload"}
  *                        to the visitor's live stream (live.c)
@@ -74,17 +75,8 @@ static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_message_done(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
-static ngx_int_t ngx_http_civchat_api_by_body(ngx_http_request_t *r,
-    ngx_http_civchat_ctx_t *ctx, u_char *kind, ngx_str_t *id);
 static ngx_int_t ngx_http_civchat_api_url_id(ngx_http_request_t *r,
     ngx_http_civchat_route_t *rt);
-static ngx_int_t ngx_http_civchat_api_import(ngx_http_request_t *r,
-    ngx_http_civchat_ctx_t *ctx, ngx_str_t *body);
-static ngx_int_t ngx_http_civchat_api_row(ngx_http_request_t *r,
-    ngx_http_civchat_ctx_t *ctx, json_t *row, ngx_uint_t n,
-    json_t *results, ngx_uint_t *counts);
-static void ngx_http_civchat_api_row_error(json_t *results, ngx_uint_t n,
-    const char *code, const char *detail, ngx_uint_t *counts);
 static void ngx_http_civchat_api_cleanup(void *data);
 static ngx_int_t ngx_http_civchat_api_send(ngx_http_request_t *r,
     ngx_uint_t status, json_t *answer);
@@ -335,13 +327,8 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
     u_char               kind;
     ngx_int_t            rc;
     ngx_str_t            body, id;
-    ngx_uint_t           op;
+    ngx_uint_t           op, csv;
     ngx_pool_cleanup_t  *cln;
-
-    rc = ngx_http_civchat_read_body(r, &body);
-    if (rc != NGX_OK) {
-        return rc;
-    }
 
     if (rt->route == NGX_HTTP_CIVCHAT_API_IMPORT) {
         if (r->method != NGX_HTTP_POST) {
@@ -350,7 +337,15 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
                                           "import takes POST");
         }
 
-        return ngx_http_civchat_api_import(r, ctx, &body);
+        csv = ngx_http_civchat_api_type_is(r, "text/csv");
+
+        /* read from nginx's buffers a window at a time, in slices */
+        return ngx_http_civchat_import(r, ctx, csv);
+    }
+
+    rc = ngx_http_civchat_read_body(r, &body);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE)) {
@@ -396,7 +391,9 @@ ngx_http_civchat_api_run(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
                                           "users takes POST");
         }
 
-        if (ngx_http_civchat_api_by_body(r, ctx, &kind, &id) != NGX_OK) {
+        if (ngx_http_civchat_plan_by_body(r->pool, ctx->body, &kind, &id)
+            != NGX_OK)
+        {
             return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
                                           "missing_field", "%s",
                                           "ID is required: user_id, email "
@@ -694,53 +691,6 @@ ngx_http_civchat_api_message_done(ngx_http_request_t *r,
 }
 
 
-/*
- * Which profile a body names: user_id, else email, else key, read as
- * the widget reads them (trimmed; a number is its decimal text; an email
- * in lower case and checked).
- */
-
-static ngx_int_t
-ngx_http_civchat_api_by_body(ngx_http_request_t *r,
-    ngx_http_civchat_ctx_t *ctx, u_char *kind, ngx_str_t *id)
-{
-    json_t      *v;
-    const char  *reason;
-
-    v = json_object_get(ctx->body, "user_id");
-
-    if (v != NULL
-        && ngx_http_civchat_user_id(r->pool, v, id, &reason) == NGX_OK)
-    {
-        *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
-        return NGX_OK;
-    }
-
-    v = json_object_get(ctx->body, "email");
-
-    if (v != NULL
-        && ngx_http_civchat_email(r->pool, v, id, &reason) == NGX_OK)
-    {
-        *kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
-        return NGX_OK;
-    }
-
-    v = json_object_get(ctx->body, "key");
-
-    if (json_is_string(v)
-        && ngx_http_civchat_valid_key((u_char *) json_string_value(v),
-                                      json_string_length(v)))
-    {
-        id->data = (u_char *) json_string_value(v);
-        id->len = json_string_length(v);
-        *kind = NGX_HTTP_CIVCHAT_BY_KEY;
-        return NGX_OK;
-    }
-
-    return NGX_DECLINED;
-}
-
-
 /* an ID in the URL, read as the same field in a body would be */
 
 static ngx_int_t
@@ -768,210 +718,6 @@ ngx_http_civchat_api_url_id(ngx_http_request_t *r,
     json_decref(v);
 
     return (rc == NGX_OK) ? NGX_OK : NGX_DECLINED;
-}
-
-
-/*
- * Batch add-or-update: NDJSON (one object a line) or CSV (a header row
- * of attribute names).  Each row is its own create-or-update, under its
- * own hold of the lock, so a bad row changes nothing and the others go
- * on; the answer has a result for every row.
- */
-
-static ngx_int_t
-ngx_http_civchat_api_import(ngx_http_request_t *r,
-    ngx_http_civchat_ctx_t *ctx, ngx_str_t *body)
-{
-    u_char        *p, *last, *eol;
-    json_t        *answer, *results, *row, *header;
-    ngx_pool_t    *pool, *rowpool;
-    ngx_int_t      rc;
-    ngx_uint_t     n, csv, counts[3];
-    const char    *err;
-
-    csv = ngx_http_civchat_api_type_is(r, "text/csv");
-
-    results = json_array();
-    if (results == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    counts[0] = counts[1] = counts[2] = 0;
-    header = NULL;
-    p = body->data;
-    last = body->data + body->len;
-    rc = NGX_OK;
-
-    if (csv) {
-        header = ngx_http_civchat_csv_header(&p, last, &err);
-
-        if (header == NULL) {
-            json_decref(results);
-            return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
-                                          "invalid_csv",
-                                          "the header row is unreadable: %s",
-                                          err ? err : "empty");
-        }
-    }
-
-    for (n = 1; p < last && rc == NGX_OK; n++) {
-
-        /*
-         * what a row allocates (its reading, events, copies) dies with
-         * the row: a large import would otherwise grow the request pool
-         * per row.  Destroyed, never reset: json.c notes a row's
-         * numbers in the pool it reads the row in.
-         */
-
-        rowpool = NULL;
-
-        if (csv) {
-            row = ngx_http_civchat_csv_record(&p, last, header, &err);
-
-            if (row == NULL) {
-                if (err == NULL) {
-                    n--;
-                    continue;
-                }
-
-                ngx_http_civchat_api_row_error(results, n, "invalid_csv",
-                                               err, counts);
-                continue;
-            }
-
-        } else {
-            eol = ngx_strlchr(p, last, '\n');
-            if (eol == NULL) {
-                eol = last;
-            }
-
-            if (eol == p || (eol - p == 1 && *p == '\r')) {
-                p = eol + 1;
-                n--;
-                continue;
-            }
-
-            rowpool = ngx_create_pool(4096, r->connection->log);
-            if (rowpool == NULL) {
-                rc = NGX_ERROR;
-                break;
-            }
-
-            row = ngx_http_civchat_json_parse(rowpool, p, eol - p, NULL);
-            p = eol + 1;
-
-            if (!json_is_object(row)) {
-                json_decref(row);
-                ngx_destroy_pool(rowpool);
-                ngx_http_civchat_api_row_error(results, n, "invalid_json",
-                                               "a row must be a JSON "
-                                               "object", counts);
-                continue;
-            }
-        }
-
-        if (rowpool == NULL) {
-            rowpool = ngx_create_pool(4096, r->connection->log);
-            if (rowpool == NULL) {
-                json_decref(row);
-                rc = NGX_ERROR;
-                break;
-            }
-        }
-
-        pool = r->pool;
-        r->pool = rowpool;
-
-        rc = ngx_http_civchat_api_row(r, ctx, row, n, results, counts);
-
-        json_decref(row);
-        ngx_destroy_pool(rowpool);
-        r->pool = pool;
-    }
-
-    json_decref(header);
-
-    if (rc != NGX_OK) {
-        json_decref(results);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    answer = json_pack("{s:I,s:I,s:I,s:o}",
-                       "created", (json_int_t) counts[0],
-                       "updated", (json_int_t) counts[1],
-                       "errors", (json_int_t) counts[2],
-                       "results", results);
-
-    return ngx_http_civchat_api_send(r, NGX_HTTP_OK, answer);
-}
-
-
-static ngx_int_t
-ngx_http_civchat_api_row(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
-    json_t *row, ngx_uint_t n, json_t *results, ngx_uint_t *counts)
-{
-    u_char                      kind;
-    json_t                     *res;
-    ngx_int_t                   rc;
-    ngx_str_t                   id;
-    ngx_http_civchat_ignored_t *ig;
-
-    ctx->body = row;
-    ctx->events.nelts = 0;
-    ctx->ignored.nelts = 0;
-    ngx_memzero(&ctx->user, sizeof(ngx_http_civchat_user_t));
-
-    if (ngx_http_civchat_api_by_body(r, ctx, &kind, &id) != NGX_OK) {
-        ngx_http_civchat_api_row_error(results, n, "missing_field",
-                                       "ID is required: user_id, email or "
-                                       "key", counts);
-        return NGX_OK;
-    }
-
-    rc = ngx_http_civchat_api_profile(r, ctx, kind, &id,
-                                      NGX_HTTP_CIVCHAT_OP_UPSERT, NULL);
-
-    if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK) {
-        ngx_http_civchat_api_row_error(results, n, "internal_error",
-                                       "the profile could not be stored",
-                                       counts);
-        return NGX_OK;
-    }
-
-    counts[ctx->user.created ? 0 : 1]++;
-
-    res = json_pack("{s:I,s:s,s:s%}", "row", (json_int_t) n,
-                    "result", ctx->user.created ? "created" : "updated",
-                    "key", (char *) ctx->user.profile.data,
-                    ctx->user.profile.len);
-    if (res == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (ctx->ignored.nelts) {
-        ig = ctx->ignored.elts;
-
-        json_object_set_new(res, "ignored",
-                            json_pack("{s:s%,s:s}", "name",
-                                      (char *) ig[0].name.data,
-                                      ig[0].name.len, "reason",
-                                      ig[0].reason));
-    }
-
-    return json_array_append_new(results, res) == 0 ? NGX_OK : NGX_ERROR;
-}
-
-
-static void
-ngx_http_civchat_api_row_error(json_t *results, ngx_uint_t n,
-    const char *code, const char *detail, ngx_uint_t *counts)
-{
-    counts[2]++;
-
-    json_array_append_new(results,
-                          json_pack("{s:I,s:s,s:s,s:s}", "row",
-                                    (json_int_t) n, "result", "error",
-                                    "error", code, "detail", detail));
 }
 
 

@@ -26,6 +26,11 @@
  * with it, up to where the record ends: the records after it read as
  * they were sent.  A field is unquoted in place (the body is the
  * import's own) and never past its own record.
+ *
+ * The import reads a large body a window at a time: where a record ends
+ * (outside quotes) is found first by ngx_http_civchat_csv_end(), which
+ * reads quotes as the record reader does and carries its state from one
+ * window to the next, so that a record is only read whole.
  */
 
 
@@ -214,6 +219,94 @@ failed:
 
     *pos = p;
     json_decref(rec);
+
+    return NULL;
+}
+
+
+/*
+ * Where the record p is in ends, as ngx_http_civchat_csv_record() reads
+ * it: past its line break (a CRLF whole when both are before last), or
+ * NULL when it goes on past last.  *state says where p is in the record
+ * (NGX_HTTP_CIVCHAT_CSV_*, 0 at its start), and is where last is when
+ * NULL is returned.  *eol is set to the first line break in the quotes
+ * that are open, when it is found: the record ends with that line if
+ * the quote is never closed.
+ */
+
+u_char *
+ngx_http_civchat_csv_end(u_char *p, u_char *last, ngx_uint_t *state,
+    u_char **eol)
+{
+    u_char      c;
+    ngx_uint_t  s;
+
+    s = *state;
+
+    for ( /* void */ ; p < last; p++) {
+        c = *p;
+
+        switch (s & ~NGX_HTTP_CIVCHAT_CSV_LINE) {
+
+        case NGX_HTTP_CIVCHAT_CSV_QUOTED:
+
+            if (c == '"') {
+                s = NGX_HTTP_CIVCHAT_CSV_QUOTE
+                    | (s & NGX_HTTP_CIVCHAT_CSV_LINE);
+
+            } else if (ngx_http_civchat_csv_eol(c)
+                       && !(s & NGX_HTTP_CIVCHAT_CSV_LINE))
+            {
+                s |= NGX_HTTP_CIVCHAT_CSV_LINE;
+                *eol = p;
+            }
+
+            continue;
+
+        case NGX_HTTP_CIVCHAT_CSV_QUOTE:
+
+            if (c == '"') {
+                /* doubled */
+                s = NGX_HTTP_CIVCHAT_CSV_QUOTED
+                    | (s & NGX_HTTP_CIVCHAT_CSV_LINE);
+                continue;
+            }
+
+            /* closed: what follows to a comma is not quoted */
+            break;
+
+        case NGX_HTTP_CIVCHAT_CSV_FIELD:
+
+            if (c == '"') {
+                s = NGX_HTTP_CIVCHAT_CSV_QUOTED;
+                continue;
+            }
+
+            break;
+
+        default: /* NGX_HTTP_CIVCHAT_CSV_TEXT */
+            break;
+        }
+
+        if (c == ',') {
+            s = NGX_HTTP_CIVCHAT_CSV_FIELD;
+            continue;
+        }
+
+        if (ngx_http_civchat_csv_eol(c)) {
+            *state = NGX_HTTP_CIVCHAT_CSV_FIELD;
+
+            if (c == CR && p + 1 < last && p[1] == LF) {
+                p++;
+            }
+
+            return p + 1;
+        }
+
+        s = NGX_HTTP_CIVCHAT_CSV_TEXT;
+    }
+
+    *state = s;
 
     return NULL;
 }

@@ -192,6 +192,51 @@ ngx_http_civchat_plan_api(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 }
 
 
+/*
+ * Which profile a server API body names: user_id, else email, else key,
+ * read as the widget reads them (trimmed; a number is its decimal text;
+ * an email in lower case and checked).
+ */
+
+ngx_int_t
+ngx_http_civchat_plan_by_body(ngx_pool_t *pool, json_t *body, u_char *kind,
+    ngx_str_t *id)
+{
+    json_t      *v;
+    const char  *reason;
+
+    v = json_object_get(body, "user_id");
+
+    if (v != NULL
+        && ngx_http_civchat_user_id(pool, v, id, &reason) == NGX_OK)
+    {
+        *kind = NGX_HTTP_CIVCHAT_BY_USER_ID;
+        return NGX_OK;
+    }
+
+    v = json_object_get(body, "email");
+
+    if (v != NULL && ngx_http_civchat_email(pool, v, id, &reason) == NGX_OK) {
+        *kind = NGX_HTTP_CIVCHAT_BY_EMAIL;
+        return NGX_OK;
+    }
+
+    v = json_object_get(body, "key");
+
+    if (json_is_string(v)
+        && ngx_http_civchat_valid_key((u_char *) json_string_value(v),
+                                      json_string_length(v)))
+    {
+        id->data = (u_char *) json_string_value(v);
+        id->len = json_string_length(v);
+        *kind = NGX_HTTP_CIVCHAT_BY_KEY;
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
 /* U, E and the user_hash; a bad one is skipped with its reason */
 
 static void

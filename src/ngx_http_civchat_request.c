@@ -72,6 +72,30 @@ ngx_http_civchat_new_ctx(ngx_http_request_t *r,
 }
 
 
+/* the size of the body nginx has read, in its buffers or its file */
+
+off_t
+ngx_http_civchat_body_size(ngx_http_request_t *r)
+{
+    off_t         size;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    if (r->request_body == NULL) {
+        return 0;
+    }
+
+    size = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        size += b->in_file ? b->file_last - b->file_pos : b->last - b->pos;
+    }
+
+    return size;
+}
+
+
 ngx_int_t
 ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body)
 {
@@ -88,13 +112,7 @@ ngx_http_civchat_read_body(ngx_http_request_t *r, ngx_str_t *body)
         return NGX_OK;
     }
 
-    len = 0;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
-                          : (size_t) (b->last - b->pos);
-    }
+    len = (size_t) ngx_http_civchat_body_size(r);
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
 

@@ -8,7 +8,11 @@
 # JSON, an unclosed quote, more fields than the header, no id) an error
 # of that row only that changes nothing, the events of the rows, and a
 # 50,000-row import read from nginx's request body temp file: counts, a
-# sample of the rows, the events, the worker's memory and health.
+# sample of the rows, the events, the worker's memory and health.  A
+# large body is read a window of 1 MB at a time: records cut at every
+# kind of place by a window's end, from the temporary file and from
+# memory, and rows longer than a window (issue 12).  What an import does
+# to its worker (slices, the answer streamed) is t/api_import_slices.t.
 
 ###############################################################################
 
@@ -63,6 +67,16 @@ http {
             civchat_store       file=%%TESTDIR%%/events.ndjson flush=100ms;
             civchat_body_limit  100m;
             client_max_body_size  100m;
+        }
+
+        # a large body kept in memory (read a window at a time too)
+        location /mem/ {
+            civchat_api         zone=users;
+            civchat_api_token   $TOKEN;
+            civchat_store       file=%%TESTDIR%%/bulk.ndjson flush=100ms;
+            civchat_body_limit  100m;
+            client_max_body_size  100m;
+            client_body_buffer_size  16m;
         }
 
         # the large imports: their own event file, and a small body
@@ -563,6 +577,173 @@ $r = $t->request(method => 'POST', path => '/api/import',
 	headers => [ Authorization => "Bearer $TOKEN" ],
 	body => qq({"user_id":"$p"}\n));
 check_import($r, 'NDJSON without a Content-Type', created => 1);
+
+###############################################################################
+
+# A large body is read a window of 1 MB at a time (the longest row), and
+# only whole records are taken from a window: the next one starts with
+# the record the last one cut.  Records made to be cut at each window's
+# end: a quoted field with line breaks (its CRLF cut in two), a doubled
+# quote cut in two, a closing quote as a window's last byte, an opening
+# quote as one, a CRLF line end cut in two, a CR line end as one; from
+# the body's temporary file and from memory.
+
+my $W = 1048576;
+
+sub cut_csv {
+	my ($p) = @_;
+
+	my $pad = 'x' x 400;
+	my $csv = "user_id,pad,note\r\n";
+	my ($f, $window, %want) = (0, 0);
+
+	# rows of 440 bytes up to 560 to 1000 bytes before the window's end
+	my $fill = sub {
+		$csv .= "$p-f" . ++$f . ",$pad,filler\r\n"
+			while length($csv) + 1000 < $window + $W;
+	};
+
+	# a row whose byte $at (from the row's start, $at->(length of its
+	# id)) is the window's last; the next window starts with this row,
+	# or after it when the window holds all of it; $want->(y x k): the
+	# row's attributes
+	my $row = sub {
+		my ($name, $at, $text, $want, $next_at_row) = @_;
+		$fill->();
+		my $start = length $csv;
+		my $k = $window + $W - 1 - $start - $at->(length "$p-$name");
+		$csv .= sprintf($text, "$p-$name", 'y' x $k);
+		$want{"$p-$name"} = $want->('y' x $k);
+		$window = $next_at_row ? $start : $window + $W;
+	};
+
+	# the CR of a CRLF in quotes, then its LF in the next window
+	$row->('crlf', sub { $_[0] + 19 },
+		"%s,p,\"two\nlines\r\nthen%s\r\nend\rx\"\r\n",
+		sub { { note => "two\nlines\r\nthen$_[0]\r\nend\rx" } }, 1);
+
+	# the first of a doubled quote
+	$row->('dq', sub { $_[0] + 5 },
+		"%s,p,\"q%s\"\"quoted\"\"\"\r\n",
+		sub { { note => "q$_[0]\"quoted\"" } }, 1);
+
+	# the closing quote, then the line end
+	$row->('close', sub { $_[0] + 5 },
+		"%s,p,\"c%s\"\r\n", sub { { note => "c$_[0]" } }, 1);
+
+	# the opening quote
+	$row->('open', sub { $_[0] + 2 },
+		"%s,%s,\"o\npen\"\r\n", sub { { pad => $_[0], note => "o\npen" } },
+		1);
+
+	# the CR of a CRLF line end (the window holds the row)
+	$row->('lf', sub { $_[0] + 7 },
+		"%s,%s,plain\r\n", sub { { pad => $_[0], note => 'plain' } }, 0);
+
+	# a lone CR line end
+	$row->('cr', sub { $_[0] + 6 },
+		"%s,%s,lone\r", sub { { pad => $_[0], note => 'lone' } }, 0);
+
+	$csv .= "$p-last,p,last\r\n";
+
+	return ($csv, $f + 7, \%want);
+}
+
+for my $where ('bulk', 'mem') {
+	my $p = uniq_id("cut$where");
+	my ($csv, $rows, $want) = cut_csv($p);
+
+	$r = import_csv($csv, base => "/$where/", timeout => 50);
+	check_import($r, "CSV cut at windows ($where)", created => $rows,
+		numbered => 1);
+
+	for my $id (sort keys %$want) {
+		$u = by_user_id($id)->user;
+		my @diff = deep_subset($want->{$id}, $u->{attributes});
+		is(join('; ', @diff), '', "CSV cut at windows ($where): $id "
+			. 'as sent');
+	}
+
+	is(by_user_id("$p-last")->user->{attributes}{note}, 'last',
+		"CSV cut at windows ($where): the last row");
+}
+
+# NDJSON: a CRLF line end cut after its CR
+{
+	my $p = uniq_id('ndcut');
+	my $nd = '';
+	my $i = 0;
+	$nd .= qq({"user_id":"$p-) . ++$i . qq(","pad":") . ('z' x 900)
+		. qq("}\n) while length($nd) + 1100 < $W;
+	my $line = qq({"user_id":"$p-cut","plan":"%s"}\r\n);
+	my $k = $W - length($nd) - length(sprintf($line, '')) + 1;
+	$nd .= sprintf($line, 'w' x $k) . qq({"user_id":"$p-after"}\n);
+
+	$r = import_ndjson($nd, base => '/bulk/', timeout => 50);
+	check_import($r, 'NDJSON cut at a window', created => $i + 2,
+		numbered => 1);
+	is(length(by_user_id("$p-cut")->user->{attributes}{plan} // ''), $k,
+		'NDJSON cut at a window: the row cut');
+	is(by_user_id("$p-after")->status, 200,
+		'NDJSON cut at a window: the row after');
+}
+
+# rows longer than the window are errors of their own (row_too_long),
+# the rows after them read as they were sent; a quote never closed
+# still ends its record with its own line, however long the rest
+
+{
+	my $p = uniq_id('long');
+	my $many = join('', map { "$p-" . (6 + $_) . ',' . ('v' x 1000) . "\n" }
+		1 .. 1100);
+	my $csv = "user_id,note\n"
+		. "$p-1,short\n"
+		. "$p-2,\"" . ("a line in quotes\r\n" x 90000) . "\"\n"
+		. "$p-3,short\n"
+		. "$p-4," . ('u' x 1200000) . "\r\n"
+		. "$p-5,short\n"
+		. "$p-6,\"never closed\n"
+		. $many;
+
+	$r = import_csv($csv, base => '/bulk/', timeout => 50);
+	@res = check_import($r, 'CSV rows too long', created => 1103,
+		errors => 3, numbered => 1);
+	is_deeply([ map { $_->{error} // $_->{result} } @res[0 .. 6] ],
+		[ qw/created row_too_long created row_too_long created
+		invalid_csv created/ ], 'CSV rows too long: the results');
+	like($res[1]{detail} // '', qr/longer than/,
+		'CSV rows too long: the detail says why');
+	like($res[5]{detail} // '', qr/quote/,
+		'CSV a quote never closed: the detail says why');
+	is(by_user_id("$p-2")->status, 404, 'CSV rows too long: a long quoted '
+		. 'field changed nothing');
+	is(by_user_id("$p-4")->status, 404, 'CSV rows too long: a long line '
+		. 'changed nothing');
+	for my $i (1, 3, 5, 7, 1106) {
+		is(by_user_id("$p-$i")->status, 200,
+			"CSV rows too long: row $i applied");
+	}
+
+	$p = uniq_id('longnd');
+	my $nd = qq({"user_id":"$p-1"}\n)
+		. qq({"user_id":"$p-2","note":") . ('n' x 1500000) . qq("}\n)
+		. qq({"user_id":"$p-3"}\n)
+		. qq({"user_id":"$p-4","note":") . ('n' x 1200000) . qq("});
+	$r = import_ndjson($nd, base => '/bulk/', timeout => 50);
+	@res = check_import($r, 'NDJSON rows too long', created => 2,
+		errors => 2, numbered => 1);
+	is_deeply([ map { $_->{error} // $_->{result} } @res ],
+		[ qw/created row_too_long created row_too_long/ ],
+		'NDJSON rows too long: the results');
+	is(by_user_id("$p-2")->status, 404, 'NDJSON rows too long: nothing '
+		. 'applied');
+
+	$r = import_csv(('h' x 1100000) . ",user_id\n$p-9,x\n",
+		base => '/bulk/', timeout => 50);
+	is($r->status, 400, 'CSV a header row too long: 400');
+	like($r->json->{detail} // '', qr/longer than/,
+		'CSV a header row too long: the detail says why');
+}
 
 ###############################################################################
 
