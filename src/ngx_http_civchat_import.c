@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_civchat.h"
+#include "ngx_http_civchat_import.h"
 
 
 /*
@@ -39,59 +40,13 @@
 #define NGX_HTTP_CIVCHAT_IMPORT_WINDOW   (1024 * 1024)  /* the longest row */
 #define NGX_HTTP_CIVCHAT_IMPORT_ROWS     512
 #define NGX_HTTP_CIVCHAT_IMPORT_USEC     4000
-#define NGX_HTTP_CIVCHAT_IMPORT_OUT      16384
-#define NGX_HTTP_CIVCHAT_IMPORT_PENDING  (4 * NGX_HTTP_CIVCHAT_IMPORT_OUT)
-#define NGX_HTTP_CIVCHAT_IMPORT_NAME     256   /* of an ignored field's */
-
-
-typedef struct {
-    ngx_http_request_t           *request;
-    ngx_pool_t                   *pool;       /* the request's own */
-    ngx_http_civchat_ctx_t       *ctx;
-    json_t                       *header;     /* CSV: the column names */
-
-    /* the window: [pos, last) is read and not taken yet */
-    u_char                       *start;
-    u_char                       *pos;
-    u_char                       *last;
-    u_char                       *end;
-    u_char                       *scan;       /* the record at pos: up to */
-    ngx_uint_t                    state;      /* CSV: csv.c's, at scan */
-    off_t                         quote_eol;  /* CSV: where the open
-                                                 quote's line ends */
-    off_t                         offset;     /* of last, in the body */
-    off_t                         size;       /* of the body */
-
-    ngx_uint_t                    row;        /* the next row's number */
-    ngx_uint_t                    counts[3];  /* created, updated, errors */
-
-    /* the answer: filled, then passed to the filters at a slice's end */
-    ngx_chain_t                  *out;
-    ngx_chain_t                 **last_out;
-    ngx_buf_t                    *buf;        /* being filled */
-    ngx_chain_t                  *free;
-    ngx_chain_t                  *busy;
-    size_t                        pending;    /* bytes in out */
-
-    ngx_event_t                   slice;      /* the next slice */
-
-    unsigned                      csv:1;
-    unsigned                      skipping:1; /* a row longer than the
-                                                 window */
-    unsigned                      results:1;  /* one is written */
-    unsigned                      waiting:1;  /* for the client to read */
-} ngx_http_civchat_import_t;
 
 
 static ngx_int_t ngx_http_civchat_import_header(ngx_http_request_t *r,
     ngx_http_civchat_import_t *imp);
-static ngx_int_t ngx_http_civchat_import_answer(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp);
 static void ngx_http_civchat_import_slice(ngx_event_t *ev);
 static void ngx_http_civchat_import_writer(ngx_http_request_t *r);
 static void ngx_http_civchat_import_run(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp);
-static ngx_int_t ngx_http_civchat_import_busy(ngx_http_request_t *r,
     ngx_http_civchat_import_t *imp);
 static ngx_int_t ngx_http_civchat_import_step(ngx_http_civchat_import_t *imp);
 static ngx_int_t ngx_http_civchat_import_next(ngx_http_civchat_import_t *imp,
@@ -107,20 +62,13 @@ static ngx_int_t ngx_http_civchat_import_ndjson(
     ngx_http_civchat_import_t *imp, u_char *end);
 static ngx_int_t ngx_http_civchat_import_apply(
     ngx_http_civchat_import_t *imp, json_t *row, ngx_pool_t *pool);
-static ngx_int_t ngx_http_civchat_import_applied(
-    ngx_http_civchat_import_t *imp);
-static ngx_int_t ngx_http_civchat_import_error(ngx_http_civchat_import_t *imp,
-    const char *code, const char *detail);
-static u_char *ngx_http_civchat_import_result(ngx_http_civchat_import_t *imp,
-    size_t len);
-static u_char *ngx_http_civchat_import_room(ngx_http_civchat_import_t *imp,
-    size_t len);
-static ngx_int_t ngx_http_civchat_import_send(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp, ngx_uint_t last);
-static void ngx_http_civchat_import_finish(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp);
+static void ngx_http_civchat_import_resolved(ngx_http_request_t *r,
+    ngx_int_t rc);
+static ngx_int_t ngx_http_civchat_import_row_done(
+    ngx_http_civchat_import_t *imp, ngx_int_t rc);
 static void ngx_http_civchat_import_cleanup(void *data);
 static uint64_t ngx_http_civchat_import_usec(void);
+
 
 
 /*
@@ -282,58 +230,6 @@ ngx_http_civchat_import_header(ngx_http_request_t *r,
 }
 
 
-/*
- * The answer's header and its first bytes: its length is not known,
- * and it streams (chunked in HTTP/1.1); a proxy in front must not keep
- * it back either.
- */
-
-static ngx_int_t
-ngx_http_civchat_import_answer(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp)
-{
-    u_char     *p;
-    ngx_int_t   rc;
-    ngx_str_t   value;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = -1;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    ngx_str_set(&value, "no-store");
-
-    if (ngx_http_civchat_add_header(r, "Cache-Control", &value) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_str_set(&value, "no");
-
-    if (ngx_http_civchat_add_header(r, "X-Accel-Buffering", &value)
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    p = ngx_http_civchat_import_room(imp, sizeof("{\"results\":[") - 1);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    imp->buf->last = ngx_cpymem(p, "{\"results\":[",
-                                sizeof("{\"results\":[") - 1);
-
-    return NGX_OK;
-}
-
-
 static void
 ngx_http_civchat_import_slice(ngx_event_t *ev)
 {
@@ -436,6 +332,11 @@ ngx_http_civchat_import_run(ngx_http_request_t *r,
     ngx_event_t               *wev;
     ngx_http_core_loc_conf_t  *clcf;
 
+    if (imp->row_pool != NULL) {
+        /* a row waits for Redis: ngx_http_civchat_import_resolved */
+        return;
+    }
+
     start = ngx_http_civchat_import_usec();
 
     for (n = 1; /* void */; n++) {
@@ -445,6 +346,11 @@ ngx_http_civchat_import_run(ngx_http_request_t *r,
         if (rc == NGX_DONE) {
             ngx_http_civchat_import_finish(r, imp);
             return;
+        }
+
+        if (rc == NGX_AGAIN) {
+            /* what is done so far goes out meanwhile */
+            break;
         }
 
         if (rc != NGX_OK) {
@@ -486,18 +392,9 @@ ngx_http_civchat_import_run(ngx_http_request_t *r,
         return;
     }
 
-    ngx_post_event(&imp->slice, &ngx_posted_next_events);
-}
-
-
-/* the client has not taken all the answer sent so far */
-
-static ngx_int_t
-ngx_http_civchat_import_busy(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp)
-{
-    return imp->busy != NULL || r->buffered || r->postponed
-           || r->connection->buffered;
+    if (imp->row_pool == NULL) {
+        ngx_post_event(&imp->slice, &ngx_posted_next_events);
+    }
 }
 
 
@@ -840,12 +737,14 @@ ngx_http_civchat_import_apply(ngx_http_civchat_import_t *imp, json_t *row,
     ngx_str_t                 id;
     ngx_http_request_t       *r;
     ngx_http_civchat_ctx_t   *ctx;
-    ngx_http_civchat_plan_t   plan;
+    ngx_http_civchat_plan_t  *plan;
 
     r = imp->request;
     ctx = imp->ctx;
 
     r->pool = pool;
+    imp->row_pool = pool;
+    imp->row_json = row;
 
     ctx->body = row;
     ctx->events.nelts = 0;
@@ -853,17 +752,79 @@ ngx_http_civchat_import_apply(ngx_http_civchat_import_t *imp, json_t *row,
     ngx_memzero(&ctx->user, sizeof(ngx_http_civchat_user_t));
 
     if (ngx_http_civchat_plan_by_body(pool, row, &kind, &id) != NGX_OK) {
+        return ngx_http_civchat_import_row_done(imp, NGX_DECLINED);
+    }
+
+    plan = ngx_palloc(pool, sizeof(ngx_http_civchat_plan_t));
+
+    rc = (plan != NULL
+          && ngx_http_civchat_plan_api(r, ctx, plan,
+                                       NGX_HTTP_CIVCHAT_OP_UPSERT, kind, &id)
+             == NGX_OK)
+         ? ngx_http_civchat_resolve(r, ctx, plan, NULL,
+                                    ngx_http_civchat_import_resolved)
+         : NGX_ERROR;
+
+    if (rc == NGX_DONE) {
+        /* a zone on Redis answers later: the slices wait for it */
+        r->pool = imp->pool;
+        return NGX_AGAIN;
+    }
+
+    return ngx_http_civchat_import_row_done(imp, rc);
+}
+
+
+static void
+ngx_http_civchat_import_resolved(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t           *c;
+    ngx_http_civchat_ctx_t     *ctx;
+    ngx_http_civchat_import_t  *imp;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+    imp = ctx->import;
+
+    r->pool = imp->row_pool;
+
+    if (ngx_http_civchat_import_row_done(imp, rc) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+
+    } else {
+        ngx_http_civchat_import_run(r, imp);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * A row's result (rc: resolve's, or NGX_DECLINED for a row that names no
+ * profile), then its pool and JSON go.
+ */
+
+static ngx_int_t
+ngx_http_civchat_import_row_done(ngx_http_civchat_import_t *imp,
+    ngx_int_t rc)
+{
+    ngx_http_request_t      *r;
+    ngx_http_civchat_ctx_t  *ctx;
+
+    r = imp->request;
+    ctx = imp->ctx;
+
+    if (rc == NGX_DECLINED) {
         rc = ngx_http_civchat_import_error(imp, "missing_field",
                                            "ID is required: user_id, email "
                                            "or key");
 
-    } else if (ngx_http_civchat_plan_api(r, ctx, &plan,
-                                         NGX_HTTP_CIVCHAT_OP_UPSERT, kind,
-                                         &id)
-               != NGX_OK
-               || ngx_http_civchat_resolve(r, ctx, &plan, NULL, NULL)
-                  != NGX_OK
-               || ngx_http_civchat_emit_events(r, ctx) != NGX_OK)
+    } else if (rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        rc = ngx_http_civchat_import_error(imp, "store_unavailable",
+                                           "the profile store (Redis) is "
+                                           "not answering");
+
+    } else if (rc != NGX_OK || ngx_http_civchat_emit_events(r, ctx) != NGX_OK)
     {
         rc = ngx_http_civchat_import_error(imp, "internal_error",
                                            "the profile could not be "
@@ -878,255 +839,13 @@ ngx_http_civchat_import_apply(ngx_http_civchat_import_t *imp, json_t *row,
     ctx->body = NULL;
     ctx->ignored.nelts = 0;
 
-    json_decref(row);
-    ngx_destroy_pool(pool);
+    json_decref(imp->row_json);
+    ngx_destroy_pool(imp->row_pool);
+
+    imp->row_json = NULL;
+    imp->row_pool = NULL;
 
     return rc;
-}
-
-
-/*
- * {"row", "result": "created" | "updated", "key"} and the first field
- * ignored, if any, {"name", "reason"}: its name cut to IMPORT_NAME bytes
- * (at a character's start), so that a result stays small
- */
-
-static ngx_int_t
-ngx_http_civchat_import_applied(ngx_http_civchat_import_t *imp)
-{
-    u_char                      *p;
-    size_t                       len, name_len;
-    ngx_http_civchat_ctx_t      *ctx;
-    ngx_http_civchat_ignored_t  *ig;
-
-    ctx = imp->ctx;
-    ig = ctx->ignored.nelts ? ctx->ignored.elts : NULL;
-
-    len = sizeof("{\"row\":,\"result\":\"updated\",\"key\":}")
-          + NGX_INT_T_LEN
-          + ngx_http_civchat_json_quoted_len(ctx->user.profile.data,
-                                             ctx->user.profile.len);
-
-    name_len = 0;
-
-    if (ig != NULL) {
-        name_len = ig->name.len;
-
-        if (name_len > NGX_HTTP_CIVCHAT_IMPORT_NAME) {
-            name_len = NGX_HTTP_CIVCHAT_IMPORT_NAME;
-
-            while (name_len && (ig->name.data[name_len] & 0xc0) == 0x80) {
-                name_len--;
-            }
-        }
-
-        len += sizeof(",\"ignored\":{\"name\":,\"reason\":}")
-               + ngx_http_civchat_json_quoted_len(ig->name.data, name_len)
-               + ngx_http_civchat_json_quoted_len((u_char *) ig->reason,
-                                                  ngx_strlen(ig->reason));
-    }
-
-    p = ngx_http_civchat_import_result(imp, len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_sprintf(p, "{\"row\":%ui,\"result\":\"%s\",\"key\":",
-                    imp->row++, ctx->user.created ? "created" : "updated");
-    p = ngx_http_civchat_json_quote(p, ctx->user.profile.data,
-                                    ctx->user.profile.len);
-
-    if (ig != NULL) {
-        p = ngx_cpymem(p, ",\"ignored\":{\"name\":",
-                       sizeof(",\"ignored\":{\"name\":") - 1);
-        p = ngx_http_civchat_json_quote(p, ig->name.data, name_len);
-        p = ngx_cpymem(p, ",\"reason\":", sizeof(",\"reason\":") - 1);
-        p = ngx_http_civchat_json_quote(p, (u_char *) ig->reason,
-                                        ngx_strlen(ig->reason));
-        *p++ = '}';
-    }
-
-    *p++ = '}';
-
-    imp->pending += p - imp->buf->last;
-    imp->buf->last = p;
-
-    return NGX_OK;
-}
-
-
-/* {"row", "result": "error", "error", "detail"} */
-
-static ngx_int_t
-ngx_http_civchat_import_error(ngx_http_civchat_import_t *imp,
-    const char *code, const char *detail)
-{
-    u_char  *p;
-    size_t   len;
-
-    imp->counts[2]++;
-
-    len = sizeof("{\"row\":,\"result\":\"error\",\"error\":,\"detail\":}")
-          + NGX_INT_T_LEN
-          + ngx_http_civchat_json_quoted_len((u_char *) code,
-                                             ngx_strlen(code))
-          + ngx_http_civchat_json_quoted_len((u_char *) detail,
-                                             ngx_strlen(detail));
-
-    p = ngx_http_civchat_import_result(imp, len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_sprintf(p, "{\"row\":%ui,\"result\":\"error\",\"error\":",
-                    imp->row++);
-    p = ngx_http_civchat_json_quote(p, (u_char *) code, ngx_strlen(code));
-    p = ngx_cpymem(p, ",\"detail\":", sizeof(",\"detail\":") - 1);
-    p = ngx_http_civchat_json_quote(p, (u_char *) detail, ngx_strlen(detail));
-    *p++ = '}';
-
-    imp->pending += p - imp->buf->last;
-    imp->buf->last = p;
-
-    return NGX_OK;
-}
-
-
-/* room for a result of at most len bytes, after ",\n" or "\n" */
-
-static u_char *
-ngx_http_civchat_import_result(ngx_http_civchat_import_t *imp, size_t len)
-{
-    u_char  *p;
-
-    p = ngx_http_civchat_import_room(imp, len + 2);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    if (imp->results) {
-        *p++ = ',';
-    }
-
-    *p++ = LF;
-
-    imp->results = 1;
-
-    return p;
-}
-
-
-/*
- * Room for len bytes (at most a buffer's: a result is far smaller) at
- * the end of the answer's last buffer, or in a new one; buffers the
- * client has taken are used again.
- */
-
-static u_char *
-ngx_http_civchat_import_room(ngx_http_civchat_import_t *imp, size_t len)
-{
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
-
-    b = imp->buf;
-
-    if (b != NULL && (size_t) (b->end - b->last) >= len) {
-        return b->last;
-    }
-
-    cl = ngx_chain_get_free_buf(imp->pool, &imp->free);
-    if (cl == NULL) {
-        return NULL;
-    }
-
-    b = cl->buf;
-
-    if (b->start == NULL) {
-        b->start = ngx_palloc(imp->pool, NGX_HTTP_CIVCHAT_IMPORT_OUT);
-        if (b->start == NULL) {
-            return NULL;
-        }
-
-        b->end = b->start + NGX_HTTP_CIVCHAT_IMPORT_OUT;
-        b->temporary = 1;
-        b->tag = (ngx_buf_tag_t) &ngx_http_civchat_module;
-    }
-
-    b->pos = b->start;
-    b->last = b->start;
-    b->flush = 0;
-    b->last_buf = 0;
-    b->last_in_chain = 0;
-
-    *imp->last_out = cl;
-    imp->last_out = &cl->next;
-    imp->buf = b;
-
-    return b->last;
-}
-
-
-/* what the slice wrote, to the filters, flushed (last: the end) */
-
-static ngx_int_t
-ngx_http_civchat_import_send(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp, ngx_uint_t last)
-{
-    ngx_int_t  rc;
-
-    if (imp->out == NULL) {
-        return NGX_OK;
-    }
-
-    if (last) {
-        imp->buf->last_buf = (r == r->main) ? 1 : 0;
-        imp->buf->last_in_chain = 1;
-
-    } else {
-        imp->buf->flush = 1;
-    }
-
-    rc = ngx_http_output_filter(r, imp->out);
-
-    ngx_chain_update_chains(imp->pool, &imp->free, &imp->busy, &imp->out,
-                            (ngx_buf_tag_t) &ngx_http_civchat_module);
-
-    imp->out = NULL;
-    imp->last_out = &imp->out;
-    imp->buf = NULL;
-    imp->pending = 0;
-
-    return rc;
-}
-
-
-/* the counts end the answer, and the request */
-
-static void
-ngx_http_civchat_import_finish(ngx_http_request_t *r,
-    ngx_http_civchat_import_t *imp)
-{
-    u_char     *p;
-    ngx_int_t   rc;
-
-    p = ngx_http_civchat_import_room(imp, sizeof("\n],\"created\":,"
-                                                 "\"updated\":,"
-                                                 "\"errors\":}\n")
-                                          + 3 * NGX_INT_T_LEN);
-    if (p == NULL) {
-        ngx_http_finalize_request(r, NGX_ERROR);
-        return;
-    }
-
-    p = ngx_sprintf(p, "%s],\"created\":%ui,\"updated\":%ui,\"errors\":%ui}"
-                    "\n", imp->results ? "\n" : "", imp->counts[0],
-                    imp->counts[1], imp->counts[2]);
-
-    imp->buf->last = p;
-
-    rc = ngx_http_civchat_import_send(r, imp, 1);
-
-    ngx_http_finalize_request(r, rc);
 }
 
 
@@ -1143,6 +862,13 @@ ngx_http_civchat_import_cleanup(void *data)
 
     json_decref(imp->header);
     imp->header = NULL;
+
+    if (imp->row_pool != NULL) {
+        /* a row that waited for Redis: its commands are cancelled */
+        json_decref(imp->row_json);
+        ngx_destroy_pool(imp->row_pool);
+        imp->row_pool = NULL;
+    }
 
     if (imp->ctx->import == imp) {
         imp->ctx->import = NULL;

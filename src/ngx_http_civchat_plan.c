@@ -605,7 +605,7 @@ ngx_http_civchat_resolve(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 
     if (ctx->lcf->zone->cluster != NULL) {
         if (handler == NULL) {
-            /* cannot wait: the import, a row at a time, on Redis */
+            /* a caller that cannot wait cannot use Redis */
             return NGX_HTTP_SERVICE_UNAVAILABLE;
         }
 
