@@ -33,8 +33,9 @@
 # directory), REDIS (auto: the Redis pairs when redis-server is
 # installed; 0: never; 1: fail without it), REDIS_ONLY=1 (only the
 # Redis pairs: no page_hit, init, p.gif, perf or fill on "m"),
-# REDIS_FLUSH (the zone's redis_flush, 100ms).  Builds nothing: run
-# "make" first.
+# REDIS_FLUSH (the zone's redis_flush, 100ms), DRAIN_MAX (seconds a run
+# on Redis waits for its page views to be written behind, 60).  Builds
+# nothing: run "make" first.
 
 set -euf    # -f: no globbing (request paths carry "?")
 
@@ -75,6 +76,7 @@ fi
 REDIS=${REDIS:-auto}
 REDIS_ONLY=${REDIS_ONLY:-0}
 REDIS_FLUSH=${REDIS_FLUSH:-100ms}
+DRAIN_MAX=${DRAIN_MAX:-60}
 if ! command -v redis-server >/dev/null \
     || ! command -v redis-cli >/dev/null
 then
@@ -476,17 +478,37 @@ perl "$W/prime.pl" "$PB" "$POOL" uid GET /civchat/p.gif \
     "$W/img.headers" - > "$W/uid.cookies" \
     || die "priming the userid cookies failed"
 
-# what run waits after a run on r: the page views it left to write
-# behind leave within redis_flush, and are counted with it
-SETTLE=$(perl -e '
-    my ($n, $u) = $ARGV[0] =~ /^(\d+)(ms|s)?$/ or die "REDIS_FLUSH?\n";
-    printf "%.3f\n", 2 * $n / ($u && $u eq "ms" ? 1000 : 1) + 0.1' \
-    "$REDIS_FLUSH")
+# After a run on r: the profiles whose page views (or a new profile's
+# first attributes) wait to be written behind when wrk stops, and the
+# seconds until none is left (at most DRAIN_MAX); then 2 redis_flush
+# more, for the last deltas on their way.  So each run's counts hold
+# all the writes its requests made, and none of the run before.
+# Prints "backlog=N,drain=SECONDS,left=N".
+drain_r() {
+    perl -MTime::HiRes=time,sleep -e '
+        my ($url, $flush, $max) = @ARGV;
+        my ($n, $u) = $flush =~ /^(\d+)(ms|s)?$/ or die "REDIS_FLUSH?\n";
+        my $settle = 2 * $n / ($u && $u eq "ms" ? 1000 : 1);
+        sub pending {
+            my $s = `curl -sS $url`;
+            $s =~ /^civchat_redis_pending_profiles\{zone="users"\} (\d+)/m
+                ? $1 : -1;
+        }
+        my ($t0, $left) = (time);
+        my $backlog = pending();
+        sleep 0.05 while ($left = pending()) != 0 && time - $t0 < $max;
+        my $drain = time - $t0;
+        sleep $settle;
+        printf "backlog=%d,drain=%.2f,left=%d\n", $backlog, $drain, $left;
+    ' "http://127.0.0.1:$PR/status" "$REDIS_FLUSH" "$DRAIN_MAX"
+}
 
-# Redis, as r's requests use it: "cpu-seconds-of-the-6-nodes
-# cpu-seconds-of-the-masters commands messages CMD=CALLS,..."; commands
-# and messages: what r's workers sent and got (civchat_status
-# civchat_redis_*_total{cluster="bench"}); CMD=CALLS: INFO commandstats
+# Redis, as r's requests use it, as NAME=VALUE,...: cpu and mcpu,
+# seconds of CPU of the six nodes and of the masters; commands and
+# messages, what r's workers sent and got (civchat_status
+# civchat_redis_*_total{cluster="bench"}); reads, writes, conflicts,
+# unavailable, deltas: what the zone's requests did
+# (civchat_redis_*_total{zone="users"}); cmd:NAME, INFO commandstats
 # summed over the masters (the commands run by scripts included; INFO
 # and REPLCONF, ours and the replicas', left out)
 redis_counts() {
@@ -496,17 +518,14 @@ redis_counts() {
             redis-cli -p "$p" info commandstats
         done
     } | HZ=$(getconf CLK_TCK) MASTERS=$MASTERS perl -e '
-        my ($dir, %c, $cmds, $msgs) = (shift);
+        my ($dir, %v) = (shift, cpu => 0, mcpu => 0);
         my %master = map { $_ => 1 } split " ", $ENV{MASTERS};
         while (<STDIN>) {
-            my ($what, $n) = /^civchat_redis_(\w+)_total
-                \{cluster="bench"\}\s(\d+)/x;
-            $cmds = $n if ($what // "") eq "commands";
-            $msgs = $n if ($what // "") eq "messages";
-            $c{$1} += $2 if /^cmdstat_(\S+?):calls=(\d+)/;
+            $v{$1} = $2 if /^civchat_redis_(\w+)_total
+                \{(?:cluster="bench"|zone="users")\}\s(\d+)/x;
+            $v{"cmd:$1"} += $2 if /^cmdstat_(\S+?):calls=(\d+)/
+                && $1 ne "info" && $1 ne "replconf";
         }
-        delete @c{qw/info replconf/};
-        my ($all, $m) = (0, 0);
         for my $f (glob "$dir/node-*/redis.pid") {
             my ($port) = $f =~ m{node-(\d+)/};
             open(my $p, "<", $f) or next;
@@ -514,11 +533,10 @@ redis_counts() {
             open(my $h, "<", "/proc/$pid/stat") or next;
             my @F = split " ", (<$h> =~ s/.*\) //r);
             my $t = ($F[11] + $F[12]) / $ENV{HZ};
-            $all += $t;
-            $m += $t if $master{$port};
+            $v{cpu} += $t;
+            $v{mcpu} += $t if $master{$port};
         }
-        printf "%.2f %.2f %d %d %s\n", $all, $m, $cmds // 0, $msgs // 0,
-            join(",", map { "$_=$c{$_}" } sort keys %c) || "-";' "$W/redis"
+        print join(",", map { "$_=$v{$_}" } sort keys %v), "\n";' "$W/redis"
 }
 
 # CPU seconds the workers of nginx $1 (m, b or r) have used: "user system"
@@ -537,11 +555,11 @@ cpu() {
 
 # wrk: one timed run; prints "requests secs rps p50 p99 errors non2xx
 # nginx-user-seconds nginx-system-seconds wrk-cpu-seconds", then, on r,
-# what redis_counts prints that the run added (else "0 0 0 0 -")
+# what the run added to what redis_counts prints (else "-")
 # args: port method path body headers cookies
 run() {
     case $1 in $PM) side=m ;; $PR) side=r ;; *) side=b ;; esac
-    rc0="0 0 0 0 -" rc1="0 0 0 0 -"
+    rc0=- rc1=-
     [ $side = r ] && rc0=$(redis_counts)
     c0=$(cpu $side)
     # wrk under perl, for the CPU time wrk itself used
@@ -551,29 +569,26 @@ run() {
         -s "$W/lua/req.lua" "http://127.0.0.1:$1$3" \
         -- "$2" "$3" "$4" "$5" "$6" > "$W/wrk.out" 2>&1 \
         || { cat "$W/wrk.out" >&2; die "wrk failed"; }
+    drained=
     if [ $side = r ]; then
-        sleep "$SETTLE"
+        drained=$(drain_r)
         c1=$(cpu $side)
         rc1=$(redis_counts)
     else
         c1=$(cpu $side)
     fi
     C0=$c0 C1=$c1 WC=$(sed -n 's/^WRKCPU //p' "$W/wrk.out") \
-    RC0=$rc0 RC1=$rc1 perl -ne 'next unless s/^WRK //;
+    RC0=$rc0 RC1=$rc1 DRAINED=$drained perl -ne 'next unless s/^WRK //;
         my %v = map { split /=/ } split;
         my @c0 = split / /, $ENV{C0}; my @c1 = split / /, $ENV{C1};
-        my @r0 = split / /, $ENV{RC0}; my @r1 = split / /, $ENV{RC1};
-        my %k0 = map { split /=/ } split /,/, $r0[4];
-        my %k1 = map { split /=/ } split /,/, $r1[4];
-        my @calls = map { "$_=" . ($k1{$_} - ($k0{$_} // 0)) }
-            grep { $k1{$_} != ($k0{$_} // 0) } sort keys %k1;
-        printf "%d %.3f %.0f %.3f %.3f %d %d %.2f %.2f %.2f"
-            . " %.2f %.2f %d %d %s\n",
+        my %r0 = map { split /=/ } grep { $_ ne "-" } split /,/, $ENV{RC0};
+        my %r1 = map { split /=/ } grep { $_ ne "-" } split /,/, $ENV{RC1};
+        my $added = join(",", $ENV{DRAINED} || (),
+            map { "$_=" . ($r1{$_} - ($r0{$_} // 0)) } sort keys %r1);
+        printf "%d %.3f %.0f %.3f %.3f %d %d %.2f %.2f %.2f %s\n",
             $v{requests}, $v{secs}, $v{requests} / $v{secs}, $v{p50},
             $v{p99}, $v{errors}, $v{non2xx}, $c1[0] - $c0[0],
-            $c1[1] - $c0[1], $ENV{WC}, $r1[0] - $r0[0], $r1[1] - $r0[1],
-            $r1[2] - $r0[2], $r1[3] - $r0[3], join(",", @calls) || "-";' \
-        "$W/wrk.out" \
+            $c1[1] - $c0[1], $ENV{WC}, $added || "-";' "$W/wrk.out" \
         | grep . || { cat "$W/wrk.out" >&2; die "no wrk summary"; }
 }
 
@@ -767,21 +782,24 @@ T1=$(date +%s)
 
 perl - "$W/runs" "$W/light" <<'EOF' > "$W/table"
 use strict;
-my (%r, %calls);
+my (%r, %tot, %most);
 open(my $f, '<', $ARGV[0]) or die;
 while (<$f>) {
     my ($name, $side, $round, $req, $secs, $rps, $p50, $p99, $err, $non,
-        $nuser, $nsys, $wcpu, $rcpu, $rmcpu, $cmds, $msgs, $calls) = split;
+        $nuser, $nsys, $wcpu, $redis) = split;
+    my %rv = map { split /=/ } grep { $_ ne '-' } split /,/, $redis;
     push @{$r{$name}{$side}}, { rps => $rps, p50 => $p50, p99 => $p99,
         bad => $err + $non, us => ($nuser + $nsys) * 1e6 / $req,
         uus => $nuser * 1e6 / $req, sus => $nsys * 1e6 / $req,
-        wus => $wcpu * 1e6 / $req, req => $req,
-        rus => $rcpu * 1e6 / $req, rmus => $rmcpu * 1e6 / $req,
-        cmds => $cmds, msgs => $msgs };
-    next if $side ne 'A' || $calls eq '-';
-    for (split /,/, $calls) {
-        my ($c, $v) = split /=/;
-        $calls{$name}{$c} += $v;
+        wus => $wcpu * 1e6 / $req,
+        rus => ($rv{cpu} // 0) * 1e6 / $req,
+        rmus => ($rv{mcpu} // 0) * 1e6 / $req };
+    next if $side ne 'A';
+    # Redis: what the timed runs added, and their requests
+    $tot{$name}{$_} += $rv{$_} for keys %rv;
+    $tot{$name}{requests} += $req;
+    for my $k ('backlog', 'drain', 'left') {
+        $most{$name}{$k} = $rv{$k} if ($rv{$k} // 0) > ($most{$name}{$k} // 0);
     }
 }
 sub median { my @v = sort { $a <=> $b } @_; my $n = @v;
@@ -837,6 +855,7 @@ print "latency of one request at a time (1 connection), p50/p99 ms, module"
         @{$l{$_}{B}}[0, 1] } @names), "\n";
 exit 0 unless @redis;
 # Redis: per request of the timed runs on r (A)
+sub per { my ($n, $k) = @_; ($tot{$n}{$k} // 0) / $tot{$n}{requests} }
 print "\nRedis, per request of the timed runs on r (the module, its zone on"
     . " the cluster):\n";
 print "  redis-server CPU us (all 6 nodes, masters' share; not in the cpu"
@@ -846,21 +865,33 @@ print "  redis-server CPU us (all 6 nodes, masters' share; not in the cpu"
 print "  cpu ratio, redis-server's CPU added to r's workers':\n    ",
     join('; ', map { sprintf "%s %.3f", label($_), med($r{$_}{B}, 'us')
         / (med($r{$_}{A}, 'us') + med($r{$_}{A}, 'rus')) } @redis), "\n";
+print "  requests that read Redis, wrote to it before the answer, deltas"
+    . " written behind (civchat_redis_*_total):\n    ",
+    join('; ', map { my $n = $_; sprintf "%s %s", label($n), join(' ',
+        map { sprintf "%s %.2f", $_, per($n, $_) }
+        'reads', 'writes', 'deltas',
+        grep { per($n, $_) } 'conflicts', 'unavailable') } @redis), "\n";
+print "  written behind: profiles waiting when wrk stopped"
+    . " (civchat_redis_pending_profiles), seconds until none, at most:\n    ",
+    join('; ', map { sprintf "%s %d, %.1f s%s", label($_),
+        $most{$_}{backlog} // 0, $most{$_}{drain} // 0, $most{$_}{left}
+        ? " ($most{$_}{left} still waiting after DRAIN_MAX)" : '' } @redis),
+    "\n";
 print "  commands r's workers sent (civchat_redis_commands_total), and"
     . " pub/sub messages they got:\n    ",
-    join('; ', map { my $a = $r{$_}{A}; sprintf "%s %.2f (messages %.2f)",
-        label($_), sum($a, 'cmds') / sum($a, 'req'),
-        sum($a, 'msgs') / sum($a, 'req') } @redis), "\n";
+    join('; ', map { sprintf "%s %.2f (messages %.2f)", label($_),
+        per($_, 'commands'), per($_, 'messages') } @redis), "\n";
 print "  commands the masters ran (INFO commandstats calls, scripts'"
     . " included):\n";
 for my $n (@redis) {
-    my ($c, $req) = ($calls{$n} // {}, sum($r{$n}{A}, 'req'));
-    my @k = sort { $c->{$b} <=> $c->{$a} || $a cmp $b } keys %$c;
-    my @few = grep { $c->{$_} / $req < 0.005 } @k;
-    my $all = 0; $all += $_ for values %$c;
-    printf "    %s %.2f: %s%s\n", label($n), $all / $req,
-        join(' ', map { sprintf "%s %.2f", $_, $c->{$_} / $req }
-            grep { $c->{$_} / $req >= 0.005 } @k) || 'none',
+    my %c = map { /^cmd:(.*)/ ? ($1 => per($n, $_)) : () }
+        keys %{$tot{$n}};
+    my @k = sort { $c{$b} <=> $c{$a} || $a cmp $b } grep { $c{$_} } keys %c;
+    my @few = grep { $c{$_} < 0.005 } @k;
+    my $all = 0; $all += $_ for values %c;
+    printf "    %s %.2f: %s%s\n", label($n), $all,
+        join(' ', map { sprintf "%s %.2f", $_, $c{$_} }
+            grep { $c{$_} >= 0.005 } @k) || 'none',
         @few ? " (and under 0.01: @few)" : '';
 }
 EOF
