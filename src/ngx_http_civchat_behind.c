@@ -27,7 +27,8 @@
  */
 
 
-#define NGX_HTTP_CIVCHAT_BEHIND_BATCH    256    /* deltas a tick */
+#define NGX_HTTP_CIVCHAT_BEHIND_BATCH    1024   /* deltas a tick */
+#define NGX_HTTP_CIVCHAT_BEHIND_FLYING   4096   /* on their way, at most */
 #define NGX_HTTP_CIVCHAT_BEHIND_EXIT     30000  /* ms an exiting worker
                                                    waits for Redis */
 #define NGX_HTTP_CIVCHAT_BEHIND_FOLLOW   3      /* merges followed */
@@ -191,7 +192,8 @@ ngx_http_civchat_behind_tick(ngx_event_t *ev)
 
     dirty = 1;
 
-    if (cl->flushing) {
+    if (cl->flushing >= NGX_HTTP_CIVCHAT_BEHIND_FLYING) {
+        /* Redis is slow: what is on its way first */
         goto again;
     }
 
