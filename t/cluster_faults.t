@@ -69,51 +69,57 @@ sub load {
 	my $pid = fork();
 	die "fork: $!\n" unless defined $pid;
 
+	# (the child must not run the parent's destructors: they stop nginx)
 	if ($pid == 0) {
-		Test::More->builder->no_ending(1);
-		open(my $out, '>', $file) or POSIX::_exit(1);
-		$out->autoflush(1);
-
-		my $round = 0;
-		my $deadline = time() + 120;
-
-		while (!-e $stop && time() < $deadline) {
-			$round++;
-			sleep 0.02;
-
-			for my $v (@$visitors) {
-				my $h = ($round + $v->{n}) % 2;
-				my $t0 = time();
-				my $r = $v->{b}->on($h)->page_hit({});
-				print $out json_encode({ kind => 'view', host => $h,
-					id => $v->{id}, status => $r->status, error => $r->error,
-					retry => scalar($r->header('Retry-After')),
-					url => $v->{b}->last_url, took => time() - $t0 }) . "\n";
-			}
-
-			my $u = uid();
-			my $n = $cl->browser();
-			my $h = $round % 2;
-			my $r = $n->on($h)->init({ user_id => $u });
-			print $out json_encode({ kind => 'identify', host => $h,
-				user_id => $u, status => $r->status, error => $r->error,
-				retry => scalar($r->header('Retry-After')),
-				url => $n->last_url }) . "\n";
-
-			my $v = $visitors->[$round % @$visitors];
-			$r = $cl->api(1 - $h, 'PUT', "users/key/$v->{id}",
-				{ round => $round });
-			print $out json_encode({ kind => 'put', host => 1 - $h,
-				id => $v->{id}, round => $round, status => $r->status,
-				error => $r->error,
-				retry => scalar($r->header('Retry-After')) }) . "\n";
-		}
-
-		close $out;
+		eval { load_child($file, $stop, $visitors) };
 		POSIX::_exit(0);
 	}
 
 	return { pid => $pid, file => $file, stop => $stop };
+}
+
+sub load_child {
+	my ($file, $stop, $visitors) = @_;
+
+	open(my $out, '>', $file) or return;
+	$out->autoflush(1);
+
+	my $round = 0;
+	my $deadline = time() + 120;
+
+	while (!-e $stop && time() < $deadline) {
+		$round++;
+		sleep 0.02;
+
+		for my $v (@$visitors) {
+			my $h = ($round + $v->{n}) % 2;
+			my $t0 = time();
+			my $r = $v->{b}->on($h)->page_hit({});
+			print $out json_encode({ kind => 'view', host => $h,
+				id => $v->{id}, status => $r->status, error => $r->error,
+				retry => scalar($r->header('Retry-After')),
+				url => $v->{b}->last_url, took => time() - $t0 }) . "\n";
+		}
+
+		my $u = uid();
+		my $n = $cl->browser();
+		my $h = $round % 2;
+		my $r = $n->on($h)->init({ user_id => $u });
+		print $out json_encode({ kind => 'identify', host => $h,
+			user_id => $u, status => $r->status, error => $r->error,
+			retry => scalar($r->header('Retry-After')),
+			url => $n->last_url }) . "\n";
+
+		my $v = $visitors->[$round % @$visitors];
+		$r = $cl->api(1 - $h, 'PUT', "users/key/$v->{id}",
+			{ round => $round });
+		print $out json_encode({ kind => 'put', host => 1 - $h,
+			id => $v->{id}, round => $round, status => $r->status,
+			error => $r->error,
+			retry => scalar($r->header('Retry-After')) }) . "\n";
+	}
+
+	close $out;
 }
 
 sub load_stop {

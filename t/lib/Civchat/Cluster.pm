@@ -24,6 +24,10 @@ package Civchat::Cluster;
 #   $cl->rcmd('GET', $key)        # one command on the key's master
 #   $cl->send_together([$h, $path, $body, @headers], ...)
 #                                 # requests sent at the same moment
+#   $cl->settle('users')          # nothing left to write behind
+#   my $stop = $cl->writer('users', $id, 0.02)
+#                                 # another host writing the profile
+#   $stop->()                     # ... stopped: how many writes
 #   $cl->quit(0, 1)               # hosts stopped (QUIT): exited by
 #                                 # themselves? (killed if not)
 #   $cl->done_testing(todo => { 1 => 'why' })
@@ -49,6 +53,7 @@ use strict;
 
 use IO::Select;
 use IO::Socket::INET;
+use POSIX ();
 use Test::More ();
 use Time::HiRes qw/sleep time/;
 
@@ -296,6 +301,69 @@ sub keys_of {
 	}
 
 	return @keys;
+}
+
+# another host writing a profile behind, as behind.c does, from a child
+# process: every $interval seconds a page view added to p:{ID} of the
+# zone, its version bumped, the change announced on the zone's channel;
+# returns a sub that stops it and says how many it wrote
+
+sub writer {
+	my ($self, $zone, $id, $interval) = @_;
+
+	my $rc = $self->{rc};
+	my $key = "civchat:$zone:p:{$id}";
+	my $file = $self->{hosts}[0]->testdir() . '/writer.' . Civchat::uniq_id();
+	my $script = "redis.call('HINCRBY', KEYS[1], 'pv', 1)\n"
+		. "local v = redis.call('HINCRBY', KEYS[1], 'v', 1)\n"
+		. "redis.call('PUBLISH', ARGV[1], 'writer0000000000 ' .. v .. ' ' "
+		. ".. ARGV[2])\n"
+		. "return v\n";
+
+	# (the child must not run the parent's destructors: they stop nginx)
+	my $port = $rc->owner($rc->keyslot($key));
+	my $pid = fork();
+	die "fork: $!\n" unless defined $pid;
+
+	if ($pid == 0) {
+		my $n = 0;
+		eval {
+			my $deadline = time() + 60;
+			while (!-e "$file.stop" && time() < $deadline) {
+				my $r = $rc->command($port, 'EVAL', $script, 1, $key,
+					"civchat:$zone:changed", $id);
+				$n++ if defined $r && !ref $r;
+				sleep $interval;
+			}
+		};
+		if (open(my $fh, '>', $file)) {
+			print $fh $n;
+			close $fh;
+		}
+		POSIX::_exit(0);
+	}
+
+	return sub {
+		open(my $fh, '>', "$file.stop");
+		close $fh;
+		waitpid($pid, 0);
+		open($fh, '<', $file) or return 0;
+		my $n = <$fh>;
+		close $fh;
+		return $n;
+	};
+}
+
+# until no host has a change of the zone left to write behind (the
+# status page's civchat_redis_pending_profiles), or the timeout
+sub settle {
+	my ($self, $zone, $timeout) = @_;
+	return $self->wait_for(sub {
+		!grep { $_->{started} && Civchat::Redis::metric(
+			Civchat::Redis::metrics($_, '/status'),
+			'civchat_redis_pending_profiles', zone => $zone) }
+			@{$self->{hosts}};
+	}, $timeout // 2);
 }
 
 # polls until $check->() is true (or the timeout); returns its value
