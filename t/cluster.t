@@ -729,8 +729,8 @@ subtest 'logins on a profile another host writes meanwhile' => sub {
 	my $p = $x->profile;
 	ok($cl->wait_for(sub { $cl->doc('users', $p) }, 5), 'the profile');
 
-	my $conflicts = sub { Civchat::Redis::metric(Civchat::Redis::metrics(
-		$cl->host($A), '/status'), 'civchat_redis_conflicts_total',
+	my $conflicts = sub { Civchat::Redis::metric(scalar(Civchat::Redis::metrics(
+		$cl->host($A), '/status')), 'civchat_redis_conflicts_total',
 		zone => 'users') };
 	my $before = $conflicts->();
 

@@ -360,7 +360,7 @@ sub settle {
 	my ($self, $zone, $timeout) = @_;
 	return $self->wait_for(sub {
 		!grep { $_->{started} && Civchat::Redis::metric(
-			Civchat::Redis::metrics($_, '/status'),
+			scalar(Civchat::Redis::metrics($_, '/status')),
 			'civchat_redis_pending_profiles', zone => $zone) }
 			@{$self->{hosts}};
 	}, $timeout // 2);
