@@ -148,7 +148,10 @@ ngx_http_civchat_cache_fresh(ngx_http_civchat_zone_t *zone,
 }
 
 
-/* an old copy out of the cache, unless it has a delta to write */
+/*
+ * An old copy out of the cache, unless it has a delta to write (a delta
+ * on its way is not: cache_flushed() finds the copy that replaced it).
+ */
 
 ngx_int_t
 ngx_http_civchat_cache_remove(ngx_http_civchat_zone_t *zone,
@@ -158,10 +161,7 @@ ngx_http_civchat_cache_remove(ngx_http_civchat_zone_t *zone,
 
     c = ngx_http_civchat_cache_of(zone, p);
 
-    if (c != NULL
-        && (c->flags & (NGX_HTTP_CIVCHAT_CACHE_DIRTY
-                        |NGX_HTTP_CIVCHAT_CACHE_FLUSHING)))
-    {
+    if (c != NULL && (c->flags & NGX_HTTP_CIVCHAT_CACHE_DIRTY)) {
         c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
         return NGX_DECLINED;
     }
@@ -384,6 +384,15 @@ ngx_http_civchat_cache_flushed(ngx_http_civchat_zone_t *zone,
         goto done;
     }
 
+    if (!(c->flags & NGX_HTTP_CIVCHAT_CACHE_FLUSHING) && rc != NGX_ERROR) {
+        /*
+         * the copy it was taken from was replaced by one read from Redis,
+         * before or after the delta: read it again
+         */
+        c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
+        goto done;
+    }
+
     c->flags &= ~NGX_HTTP_CIVCHAT_CACHE_FLUSHING;
 
     if (rc == NGX_ERROR) {
@@ -479,8 +488,8 @@ ngx_int_t
 ngx_http_civchat_cache_dirty(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool,
     ngx_array_t *ids, ngx_uint_t max)
 {
-    ngx_str_t                       *id;
-    ngx_queue_t                     *q;
+    ngx_str_t                       *id, own;
+    ngx_queue_t                     *q, *next;
     ngx_http_civchat_cached_t       *c;
     ngx_http_civchat_profile_t      *p;
     ngx_http_civchat_cluster_sh_t   *csh;
@@ -489,8 +498,9 @@ ngx_http_civchat_cache_dirty(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool,
 
     for (q = ngx_queue_head(&csh->dirty);
          q != ngx_queue_sentinel(&csh->dirty) && ids->nelts < max;
-         q = ngx_queue_next(q))
+         q = next)
     {
+        next = ngx_queue_next(q);
         c = ngx_queue_data(q, ngx_http_civchat_cached_t, dirty);
 
         if (c->flags & NGX_HTTP_CIVCHAT_CACHE_FLUSHING) {
@@ -499,6 +509,18 @@ ngx_http_civchat_cache_dirty(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool,
 
         p = (ngx_http_civchat_profile_t *)
                 ngx_http_civchat_cache_ptr(zone, c->profile);
+
+        own.data = p->key.data;
+        own.len = p->key.len;
+
+        /* (not cache_own(): it pins, and this walks many profiles) */
+        if (ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY, &own)
+            != &p->key)
+        {
+            /* its key names another profile now: no write can find it */
+            ngx_http_civchat_cache_dirty_off(zone, c);
+            continue;
+        }
 
         id = ngx_array_push(ids);
         if (id == NULL) {

@@ -34,7 +34,9 @@ static ngx_int_t ngx_http_civchat_cache_profile(ngx_http_civchat_zone_t *zone,
 static ngx_int_t ngx_http_civchat_cache_gone(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_sync_t *sync, ngx_http_civchat_before_t *b);
 static ngx_int_t ngx_http_civchat_cache_claims(ngx_http_civchat_sync_t *sync,
-    ngx_str_t *id, ngx_array_t *names, ngx_array_t *before);
+    ngx_http_civchat_before_t *a, ngx_array_t *after);
+static ngx_uint_t ngx_http_civchat_cache_kept(ngx_array_t *list,
+    ngx_str_t *id, ngx_http_civchat_name_t *n);
 static ngx_int_t ngx_http_civchat_cache_releases(
     ngx_http_civchat_sync_t *sync, ngx_array_t *after);
 static ngx_http_civchat_name_t *ngx_http_civchat_cache_has(
@@ -43,6 +45,9 @@ static ngx_uint_t ngx_http_civchat_cache_same(ngx_array_t *a,
     ngx_array_t *b);
 static ngx_http_civchat_write_t *ngx_http_civchat_cache_write(
     ngx_http_civchat_sync_t *sync, ngx_uint_t type, ngx_str_t *id);
+static ngx_int_t ngx_http_civchat_cache_forget(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_http_civchat_doc_t *doc,
+    ngx_http_civchat_cached_t *keep);
 static ngx_int_t ngx_http_civchat_cache_clear_names(
     ngx_http_civchat_zone_t *zone, ngx_http_civchat_doc_t *doc);
 
@@ -80,14 +85,36 @@ ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
     for (i = 0; i < sync->nnames; i++) {
         n = &sync->names[i];
 
-        if (n->asked) {
-            /* Redis answered this request: the cache has what it said */
-            continue;
-        }
-
         ix = ngx_http_civchat_store_index(zone, n->kind, &n->value);
 
-        if (ix != NULL) {
+        if (ix == NULL) {
+            if (sync->degraded
+                || (n->asked && (n->owner.len == 0 || n->stale)))
+            {
+                /* Redis answered this request: nobody holds it */
+                continue;
+            }
+
+            /*
+             * Redis named a holder the cache could not take in (its old
+             * copy has a delta to write): the delta first, then again
+             */
+
+            p = n->asked ? ngx_http_civchat_cache_own(zone, &n->owner)
+                         : NULL;
+            c = (p != NULL) ? ngx_http_civchat_cache_of(zone, p) : NULL;
+
+            if (c != NULL
+                && (ngx_http_civchat_cache_stale(sync, &sync->stale, p)
+                    != NGX_OK
+                    || ((c->flags & NGX_HTTP_CIVCHAT_CACHE_DIRTY)
+                        && ngx_http_civchat_cache_stale(sync, &sync->flush, p)
+                           != NGX_OK)))
+            {
+                return NGX_ERROR;
+            }
+
+        } else {
             p = ngx_http_civchat_store_owner(zone, ix);
             c = ngx_http_civchat_cache_of(zone, p);
 
@@ -95,20 +122,26 @@ ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
                 continue;
             }
 
-            /* its copy is read again, its delta written first */
+            if (n->asked && c != NULL
+                && !(c->flags & NGX_HTTP_CIVCHAT_CACHE_STALE))
+            {
+                /* read by this request (the channel may not be heard) */
+                continue;
+            }
+
+            /*
+             * its copy is read again (asked or not: a stale copy the last
+             * read could not replace is not used), its delta written first
+             */
 
             if (ngx_http_civchat_cache_stale(sync, &sync->stale, p) != NGX_OK
                 || (c != NULL
-                    && (c->flags & (NGX_HTTP_CIVCHAT_CACHE_DIRTY
-                                    |NGX_HTTP_CIVCHAT_CACHE_FLUSHING))
+                    && (c->flags & NGX_HTTP_CIVCHAT_CACHE_DIRTY)
                     && ngx_http_civchat_cache_stale(sync, &sync->flush, p)
                        != NGX_OK))
             {
                 return NGX_ERROR;
             }
-
-        } else if (sync->degraded) {
-            continue;
         }
 
         f = ngx_array_push(&sync->fetch);
@@ -293,7 +326,7 @@ ngx_http_civchat_cache_after(ngx_http_civchat_zone_t *zone,
     ngx_str_t                    id;
     ngx_uint_t                   i, trusted;
     ngx_array_t                  after;
-    ngx_http_civchat_before_t   *b;
+    ngx_http_civchat_before_t   *b, *a;
     ngx_http_civchat_profile_t  *p;
 
     if (ngx_array_init(&after, sync->pool, 4,
@@ -342,6 +375,16 @@ ngx_http_civchat_cache_after(ngx_http_civchat_zone_t *zone,
         }
     }
 
+    a = after.elts;
+
+    for (i = 0; i < after.nelts; i++) {
+        if (a[i].written
+            && ngx_http_civchat_cache_claims(sync, &a[i], &after) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
     if (ngx_http_civchat_cache_releases(sync, &after) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -353,7 +396,7 @@ ngx_http_civchat_cache_after(ngx_http_civchat_zone_t *zone,
 /*
  * A profile the plan touched, or made (b NULL): its document is written
  * when its identity changed (or it is new, or the server API changed
- * it), with the names it gained claimed first.
+ * it), with the names it gained claimed first (cache_claims()).
  */
 
 static ngx_int_t
@@ -396,11 +439,8 @@ ngx_http_civchat_cache_profile(ngx_http_civchat_zone_t *zone,
         return NGX_OK;
     }
 
-    if (ngx_http_civchat_cache_claims(sync, &a->id, &a->names, &sync->before)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
+    /* the names it gained are claimed once every profile is known */
+    a->written = 1;
 
     w = ngx_http_civchat_cache_write(sync, NGX_HTTP_CIVCHAT_WRITE_DOC,
                                      &a->id);
@@ -502,66 +542,69 @@ ngx_http_civchat_cache_gone(ngx_http_civchat_zone_t *zone,
 }
 
 
-/* the names a profile gained: each claimed from whoever had it */
+/*
+ * The names a profile gained, each claimed: from the profile of the
+ * plan that gave it up, or from the holder Redis named when that one
+ * does not truly hold it (a stale entry); else from nobody.  A name
+ * another profile keeps (an e-mail two profiles hold, with unified
+ * identification off) stays with it: the index names one of them.
+ */
 
 static ngx_int_t
-ngx_http_civchat_cache_claims(ngx_http_civchat_sync_t *sync, ngx_str_t *id,
-    ngx_array_t *names, ngx_array_t *before)
+ngx_http_civchat_cache_claims(ngx_http_civchat_sync_t *sync,
+    ngx_http_civchat_before_t *a, ngx_array_t *after)
 {
     ngx_uint_t                  i, j, k;
     ngx_http_civchat_name_t    *n, *s;
     ngx_http_civchat_write_t   *w;
     ngx_http_civchat_before_t  *b;
 
-    n = names->elts;
-    b = before->elts;
+    n = a->names.elts;
+    b = sync->before.elts;
 
-    for (i = 0; i < names->nelts; i++) {
+    for (i = 0; i < a->names.nelts; i++) {
 
         if (n[i].own) {
             /* a profile's own key is its document's name, no index */
             continue;
         }
 
-        for (j = 0; j < before->nelts; j++) {
-            if (b[j].id.len == id->len
-                && ngx_memcmp(b[j].id.data, id->data, id->len) == 0
-                && ngx_http_civchat_cache_has(&b[j].names, &n[i]) != NULL)
-            {
-                break;
-            }
-        }
-
-        if (j < before->nelts) {
+        if (ngx_http_civchat_cache_kept(&sync->before, &a->id, &n[i])) {
             /* it had it */
             continue;
         }
 
+        for (j = 0; j < sync->before.nelts; j++) {
+            if (ngx_http_civchat_cache_has(&b[j].names, &n[i]) != NULL) {
+                break;
+            }
+        }
+
+        if (j < sync->before.nelts
+            && ngx_http_civchat_cache_kept(after, &b[j].id, &n[i]))
+        {
+            /* its holder keeps it too */
+            continue;
+        }
+
         w = ngx_http_civchat_cache_write(sync, NGX_HTTP_CIVCHAT_WRITE_CLAIM,
-                                         id);
+                                         &a->id);
         if (w == NULL) {
             return NGX_ERROR;
         }
 
         w->name = n[i];
 
-        /* from another profile of the plan, or from what Redis said */
-
-        for (j = 0; j < before->nelts; j++) {
-            if (ngx_http_civchat_cache_has(&b[j].names, &n[i]) != NULL) {
-                w->expected = b[j].id;
-                break;
-            }
-        }
-
-        if (j < before->nelts) {
+        if (j < sync->before.nelts) {
+            w->expected = b[j].id;
             continue;
         }
 
         for (k = 0; k < sync->nnames; k++) {
             s = &sync->names[k];
 
-            if (s->kind == n[i].kind && s->value.len == n[i].value.len
+            if (s->stale && s->kind == n[i].kind
+                && s->value.len == n[i].value.len
                 && ngx_memcmp(s->value.data, n[i].value.data, s->value.len)
                    == 0)
             {
@@ -572,6 +615,29 @@ ngx_http_civchat_cache_claims(ngx_http_civchat_sync_t *sync, ngx_str_t *id,
     }
 
     return NGX_OK;
+}
+
+
+/* the profile id in a list (before or after) holds the name */
+
+static ngx_uint_t
+ngx_http_civchat_cache_kept(ngx_array_t *list, ngx_str_t *id,
+    ngx_http_civchat_name_t *n)
+{
+    ngx_uint_t                  i;
+    ngx_http_civchat_before_t  *b;
+
+    b = list->elts;
+
+    for (i = 0; i < list->nelts; i++) {
+        if (b[i].id.len == id->len
+            && ngx_memcmp(b[i].id.data, id->data, id->len) == 0)
+        {
+            return ngx_http_civchat_cache_has(&b[i].names, n) != NULL;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -703,7 +769,7 @@ ngx_http_civchat_cache_install(ngx_http_civchat_zone_t *zone,
 {
     ngx_uint_t                   i;
     ngx_http_civchat_doc_t      *doc;
-    ngx_http_civchat_cached_t   *c;
+    ngx_http_civchat_cached_t   *c, keep;
     ngx_http_civchat_profile_t  *p;
 
     doc = sync->docs.elts;
@@ -711,8 +777,13 @@ ngx_http_civchat_cache_install(ngx_http_civchat_zone_t *zone,
     for (i = 0; i < sync->docs.nelts; i++) {
 
         p = ngx_http_civchat_cache_own(zone, &doc[i].id);
+        keep.views = 0;
+        keep.sessions = 0;
 
-        if (p != NULL && ngx_http_civchat_cache_remove(zone, p) != NGX_OK) {
+        if (p != NULL
+            && ngx_http_civchat_cache_forget(zone, p, &doc[i], &keep)
+               != NGX_OK)
+        {
             continue;
         }
 
@@ -742,7 +813,66 @@ ngx_http_civchat_cache_install(ngx_http_civchat_zone_t *zone,
         c->flags = 0;
         c->version = doc[i].version;
         c->gen = ngx_http_civchat_cache_sh(zone)->gen;
+
+        if (keep.views || keep.sessions) {
+            /* the old copy's counts, still to be written */
+            c->views = keep.views;
+            c->sessions = keep.sessions;
+            ngx_http_civchat_cache_dirty_on(zone, c);
+        }
     }
+}
+
+
+/*
+ * The old copy of a document read, out.  Its page views and sessions
+ * not written yet go to the new copy (in keep); changed attributes
+ * not written yet keep it (the plan is applied again once they are);
+ * when Redis has no document at all (erased) nothing is kept, a delta
+ * has nowhere to go.  One made here and not written yet is kept.
+ */
+
+static ngx_int_t
+ngx_http_civchat_cache_forget(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_http_civchat_doc_t *doc,
+    ngx_http_civchat_cached_t *keep)
+{
+    ngx_http_civchat_cached_t  *c;
+
+    c = ngx_http_civchat_cache_of(zone, p);
+
+    if (c == NULL) {
+        return ngx_http_civchat_cache_remove(zone, p);
+    }
+
+    if (c->flags & NGX_HTTP_CIVCHAT_CACHE_NEW) {
+        return NGX_DECLINED;
+    }
+
+    if (doc->identity != NULL && (c->flags & NGX_HTTP_CIVCHAT_CACHE_DIRTY)) {
+
+        if (c->names || (c->flags & (NGX_HTTP_CIVCHAT_CACHE_ALL
+                                     |NGX_HTTP_CIVCHAT_CACHE_UA)))
+        {
+            c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
+            return NGX_DECLINED;
+        }
+
+        keep->views = c->views;
+        keep->sessions = c->sessions;
+
+    } else if (doc->identity == NULL && doc->merged.len
+               && (c->flags & NGX_HTTP_CIVCHAT_CACHE_DIRTY))
+    {
+        /* merged: its delta goes to the survivor when written */
+        c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
+        return NGX_DECLINED;
+    }
+
+    ngx_http_civchat_cache_dirty_off(zone, c);
+    ngx_http_civchat_store_delete(zone, p);
+
+    return NGX_OK;
 }
 
 
@@ -895,8 +1025,9 @@ ngx_http_civchat_cache_undo(ngx_http_civchat_zone_t *zone,
         if ((c->flags & NGX_HTTP_CIVCHAT_CACHE_NEW)
             && ngx_http_civchat_cache_find(&sync->before, &w[i].id) == NULL)
         {
-            /* made by the plan: gone with it */
-            (void) ngx_http_civchat_cache_remove(zone, p);
+            /* made by the plan: gone with it, its visit too */
+            ngx_http_civchat_cache_dirty_off(zone, c);
+            ngx_http_civchat_store_delete(zone, p);
             continue;
         }
 
@@ -914,5 +1045,11 @@ ngx_http_civchat_cache_undo(ngx_http_civchat_zone_t *zone,
             c->flags &= ~NGX_HTTP_CIVCHAT_CACHE_NEW;
             c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
         }
+    }
+
+    /* every name is asked again: the stale copies are read again */
+
+    for (i = 0; i < sync->nnames; i++) {
+        sync->names[i].asked = 0;
     }
 }

@@ -61,6 +61,7 @@ static void ngx_http_civchat_cluster_cancel(ngx_http_civchat_sync_t *sync);
 static void ngx_http_civchat_cluster_next(ngx_http_civchat_sync_t *sync);
 static void ngx_http_civchat_cluster_finish(ngx_http_civchat_sync_t *sync,
     ngx_int_t rc);
+static void ngx_http_civchat_cluster_again(ngx_event_t *ev);
 static ngx_int_t ngx_http_civchat_cluster_flush(
     ngx_http_civchat_sync_t *sync);
 static void ngx_http_civchat_cluster_flushed(void *data, ngx_int_t rc);
@@ -79,7 +80,10 @@ static ngx_int_t ngx_http_civchat_cluster_claims(
     ngx_http_civchat_sync_t *sync);
 static ngx_int_t ngx_http_civchat_cluster_docs(ngx_http_civchat_sync_t *sync,
     ngx_uint_t gone);
-static void ngx_http_civchat_cluster_releases(ngx_http_civchat_sync_t *sync);
+static void ngx_http_civchat_cluster_releases(ngx_http_civchat_sync_t *sync,
+    ngx_uint_t refused);
+static ngx_uint_t ngx_http_civchat_cluster_unwritten(
+    ngx_http_civchat_sync_t *sync, ngx_str_t *id);
 static ngx_int_t ngx_http_civchat_cluster_eval(ngx_http_civchat_sync_t *sync,
     ngx_http_civchat_write_t *w, ngx_http_civchat_redis_script_t *script,
     ngx_uint_t argc, ngx_str_t *argv);
@@ -88,172 +92,10 @@ static void ngx_http_civchat_cluster_wrote(void *data, ngx_int_t rc,
 static ngx_int_t ngx_http_civchat_cluster_index_key(
     ngx_http_civchat_sync_t *sync, ngx_http_civchat_name_t *name,
     ngx_str_t *key);
+static void ngx_http_civchat_cluster_entry(ngx_http_civchat_name_t *name,
+    ngx_http_civchat_redis_reply_t *reply);
 static void ngx_http_civchat_cluster_drop(ngx_http_civchat_sync_t *sync,
     ngx_http_civchat_ask_t *ask);
-
-
-/*
- * The scripts, each on one slot.  claim: KEYS[1] an index entry, ARGV
- * the id and the holder it may replace.  release: the entry, the id it
- * must still have.  write: KEYS[1] a document; origin, version it must
- * have ("" any), channel, id, what ("doc", "merged" or "erase"), then
- * the fields (or the survivor).  delta: see doc.c and behind.c.
- */
-
-static ngx_str_t  ngx_http_civchat_cluster_claim_lua = ngx_string(
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur == ARGV[1] then return 1 end\n"
-    "if (not cur) or cur == ARGV[2] then\n"
-    "  redis.call('SET', KEYS[1], ARGV[1])\n"
-    "  return 1\n"
-    "end\n"
-    "return cur\n");
-
-static ngx_str_t  ngx_http_civchat_cluster_release_lua = ngx_string(
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-    "  redis.call('DEL', KEYS[1])\n"
-    "end\n"
-    "return 1\n");
-
-static ngx_str_t  ngx_http_civchat_cluster_write_lua = ngx_string(
-    "local cur = redis.call('HGET', KEYS[1], 'v')\n"
-    "if ARGV[2] ~= '' and (cur or '0') ~= ARGV[2] then\n"
-    "  return {0, cur or '0'}\n"
-    "end\n"
-    "local f = redis.call('HGET', KEYS[1], 'f')\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "local v = (tonumber(cur) or 0) + 1\n"
-    "if ARGV[5] == 'doc' then\n"
-    "  redis.call('HSET', KEYS[1], 'v', v, unpack(ARGV, 6))\n"
-    "  if f then redis.call('HSET', KEYS[1], 'f', f) end\n"
-    "elseif ARGV[5] == 'merged' then\n"
-    "  redis.call('HSET', KEYS[1], 'v', v, 'merged', ARGV[6])\n"
-    "  redis.call('EXPIRE', KEYS[1], 86400)\n"
-    "end\n"
-    "redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. v .. ' ' .. ARGV[4])\n"
-    "return {1, v}\n");
-
-static ngx_str_t  ngx_http_civchat_cluster_delta_lua = ngx_string(
-    "local h = redis.call('HMGET', KEYS[1], 'v', 'merged', 'f')\n"
-    "if not h[1] then return {0} end\n"
-    "if h[2] then return {2, h[2]} end\n"
-    "if h[3] == ARGV[4] then return {1, h[1], h[1]} end\n"
-    "if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[1], 'pv', ARGV[5])"
-    " end\n"
-    "if ARGV[6] ~= '0' then redis.call('HINCRBY', KEYS[1], 'ss', ARGV[6])"
-    " end\n"
-    "local t = redis.call('HMGET', KEYS[1], 'ls', 'fs')\n"
-    "if tonumber(ARGV[7]) > (tonumber(t[1]) or 0) then\n"
-    "  redis.call('HSET', KEYS[1], 'ls', ARGV[7])\n"
-    "end\n"
-    "local fs = tonumber(ARGV[8])\n"
-    "if fs > 0 and (not t[2] or tonumber(t[2]) == 0"
-    " or fs < tonumber(t[2])) then\n"
-    "  redis.call('HSET', KEYS[1], 'fs', ARGV[8])\n"
-    "end\n"
-    "if ARGV[9] ~= '' then\n"
-    "  redis.call('HSET', KEYS[1], 'ua', string.sub(ARGV[9], 2))\n"
-    "end\n"
-    "local i = 11\n"
-    "for j = 1, tonumber(ARGV[10]) do\n"
-    "  redis.call('HSET', KEYS[1], 'a:' .. ARGV[i], ARGV[i + 1])\n"
-    "  i = i + 2\n"
-    "end\n"
-    "local n = tonumber(ARGV[i])\n"
-    "i = i + 1\n"
-    "for j = 1, n do\n"
-    "  redis.call('HDEL', KEYS[1], 'a:' .. ARGV[i])\n"
-    "  i = i + 1\n"
-    "end\n"
-    "redis.call('HSET', KEYS[1], 'f', ARGV[4])\n"
-    "local v = redis.call('HINCRBY', KEYS[1], 'v', 1)\n"
-    "redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' ' .. v .. ' ' .. ARGV[3])\n"
-    "return {1, v, h[1]}\n");
-
-
-/* "civchat_zone ... redis=NAME": the zone's profiles on that cluster */
-
-char *
-ngx_http_civchat_cluster_conf(ngx_conf_t *cf, ngx_http_civchat_zone_t *zone,
-    ngx_str_t *name, ngx_uint_t down, ngx_msec_t flush)
-{
-    u_char                      *p;
-    ngx_http_civchat_cluster_t  *cl;
-
-    cl = ngx_pcalloc(cf->pool, sizeof(ngx_http_civchat_cluster_t));
-    if (cl == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    cl->redis_name = *name;
-    cl->down = down;
-    cl->flush = flush;
-
-    cl->prefix.len = sizeof("civchat::") - 1 + zone->name.len;
-    cl->prefix.data = ngx_pnalloc(cf->pool, cl->prefix.len);
-
-    cl->channel.len = cl->prefix.len + sizeof("changed") - 1;
-    cl->channel.data = ngx_pnalloc(cf->pool, cl->channel.len);
-
-    if (cl->prefix.data == NULL || cl->channel.data == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    p = ngx_cpymem(cl->prefix.data, "civchat:", 8);
-    p = ngx_cpymem(p, zone->name.data, zone->name.len);
-    *p = ':';
-
-    p = ngx_cpymem(cl->channel.data, cl->prefix.data, cl->prefix.len);
-    ngx_memcpy(p, "changed", 7);
-
-    cl->claim = ngx_http_civchat_redis_script(cf,
-                                      &ngx_http_civchat_cluster_claim_lua);
-    cl->release = ngx_http_civchat_redis_script(cf,
-                                      &ngx_http_civchat_cluster_release_lua);
-    cl->write = ngx_http_civchat_redis_script(cf,
-                                      &ngx_http_civchat_cluster_write_lua);
-    cl->delta = ngx_http_civchat_redis_script(cf,
-                                      &ngx_http_civchat_cluster_delta_lua);
-
-    if (cl->claim == NULL || cl->release == NULL || cl->write == NULL
-        || cl->delta == NULL)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    zone->cluster = cl;
-
-    return NGX_CONF_OK;
-}
-
-
-/* once every civchat_redis is known: the zone's cluster by name */
-
-ngx_int_t
-ngx_http_civchat_cluster_resolve(ngx_conf_t *cf,
-    ngx_http_civchat_zone_t *zone, ngx_array_t *clusters)
-{
-    ngx_http_civchat_cluster_t  *cl;
-
-    cl = zone->cluster;
-
-    if (cl == NULL) {
-        return NGX_OK;
-    }
-
-    cl->redis = (clusters != NULL)
-                ? ngx_http_civchat_redis_find(clusters, &cl->redis_name)
-                : NULL;
-
-    if (cl->redis == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "civchat zone \"%V\": no \"civchat_redis %V\"",
-                           &zone->name, &cl->redis_name);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
 
 
 /* a request's dealings, in its pool; cancelled if it goes first */
@@ -385,6 +227,7 @@ ngx_http_civchat_cluster_next(ngx_http_civchat_sync_t *sync)
 
         if (sync->rc != NGX_OK) {
             if (sync->phase >= NGX_HTTP_CIVCHAT_PHASE_CLAIMS) {
+                ngx_http_civchat_cluster_releases(sync, 1);
                 ngx_http_civchat_zone_written(sync->zone, sync, sync->rc);
             }
 
@@ -437,7 +280,7 @@ ngx_http_civchat_cluster_next(ngx_http_civchat_sync_t *sync)
             break;
 
         default: /* NGX_HTTP_CIVCHAT_PHASE_GONE */
-            ngx_http_civchat_cluster_releases(sync);
+            ngx_http_civchat_cluster_releases(sync, 0);
             ngx_http_civchat_zone_written(sync->zone, sync, NGX_OK);
             ngx_http_civchat_cluster_finish(sync, NGX_OK);
             return;
@@ -450,18 +293,49 @@ ngx_http_civchat_cluster_next(ngx_http_civchat_sync_t *sync)
 }
 
 
+/*
+ * A conflict is applied again after a pause that doubles each time (1
+ * ms to NGX_HTTP_CIVCHAT_CLUSTER_BACKOFF): the other host's writes are
+ * likely on their way, and reading before they land only conflicts
+ * again.
+ */
+
 static void
 ngx_http_civchat_cluster_finish(ngx_http_civchat_sync_t *sync, ngx_int_t rc)
 {
+    ngx_msec_t  delay;
+
+    sync->phase = 0;
+
     if (rc == NGX_DECLINED) {
         ngx_http_civchat_cluster_count(sync->zone, conflicts);
 
-    } else if (rc == NGX_ERROR) {
+        delay = (ngx_msec_t) 1 << ngx_min(sync->conflicts, 6);
+        sync->conflicts++;
+
+        sync->backoff.handler = ngx_http_civchat_cluster_again;
+        sync->backoff.data = sync;
+        sync->backoff.log = sync->log;
+
+        ngx_add_timer(&sync->backoff,
+                      ngx_min(delay, NGX_HTTP_CIVCHAT_CLUSTER_BACKOFF));
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
         ngx_http_civchat_cluster_count(sync->zone, down);
     }
 
-    sync->phase = 0;
     sync->done(sync->data, rc);
+}
+
+
+static void
+ngx_http_civchat_cluster_again(ngx_event_t *ev)
+{
+    ngx_http_civchat_sync_t *sync = ev->data;
+
+    sync->done(sync->data, NGX_DECLINED);
 }
 
 
@@ -472,6 +346,10 @@ ngx_http_civchat_cluster_cancel(ngx_http_civchat_sync_t *sync)
 {
     ngx_uint_t               i;
     ngx_http_civchat_ask_t **ask;
+
+    if (sync->backoff.timer_set) {
+        ngx_del_timer(&sync->backoff);
+    }
 
     if (sync->phase == 0) {
         return;
@@ -495,6 +373,7 @@ ngx_http_civchat_cluster_cancel(ngx_http_civchat_sync_t *sync)
     }
 
     if (sync->phase >= NGX_HTTP_CIVCHAT_PHASE_CLAIMS) {
+        ngx_http_civchat_cluster_releases(sync, 1);
         ngx_http_civchat_zone_written(sync->zone, sync, NGX_ERROR);
     }
 
@@ -601,6 +480,7 @@ ngx_http_civchat_cluster_reads(ngx_http_civchat_sync_t *sync)
         ngx_str_null(&n->owner);
         n->own = 0;
         n->stale = 0;
+        n->young = 0;
 
         if (ngx_http_civchat_cluster_ask(sync, NGX_HTTP_CIVCHAT_ASK_INDEX, n,
                                          &n->value)
@@ -719,8 +599,12 @@ ngx_http_civchat_cluster_found(ngx_http_civchat_sync_t *sync)
 
         doc = ngx_http_civchat_cluster_doc(sync, &n->owner);
 
-        /* an entry left by a write that did not finish: free to take */
-        n->stale = (doc == NULL || !ngx_http_civchat_doc_holds(doc, n));
+        /*
+         * an entry left by a write that did not finish is free to take;
+         * a young one is a claim whose document may be on its way
+         */
+        n->stale = !n->young
+                   && (doc == NULL || !ngx_http_civchat_doc_holds(doc, n));
     }
 }
 
@@ -767,13 +651,17 @@ ngx_http_civchat_cluster_ask(ngx_http_civchat_sync_t *sync, ngx_uint_t what,
     ask->what = what;
 
     if (what == NGX_HTTP_CIVCHAT_ASK_INDEX) {
-        ngx_str_set(&argv[0], "GET");
-
-        if (ngx_http_civchat_cluster_index_key(sync, name, &argv[1])
+        if (ngx_http_civchat_cluster_index_key(sync, name, &argv[0])
             != NGX_OK)
         {
             return NGX_ERROR;
         }
+
+        ask->cmd = ngx_http_civchat_redis_eval(sync->zone->cluster->redis,
+                                               sync->zone->cluster->lookup,
+                                               1, 1, argv, sync->pool,
+                                               ngx_http_civchat_cluster_answer,
+                                               ask);
 
     } else {
         ngx_str_set(&argv[0], "HGETALL");
@@ -784,12 +672,14 @@ ngx_http_civchat_cluster_ask(ngx_http_civchat_sync_t *sync, ngx_uint_t what,
         {
             return NGX_ERROR;
         }
+
+        ask->cmd = ngx_http_civchat_redis_command(sync->zone->cluster->redis,
+                                                  &argv[1], 2, argv,
+                                                  sync->pool,
+                                                  ngx_http_civchat_cluster_answer,
+                                                  ask);
     }
 
-    ask->cmd = ngx_http_civchat_redis_command(sync->zone->cluster->redis,
-                                              &argv[1], 2, argv, sync->pool,
-                                              ngx_http_civchat_cluster_answer,
-                                              ask);
     if (ask->cmd == NULL) {
         return NGX_ERROR;
     }
@@ -823,12 +713,7 @@ ngx_http_civchat_cluster_answer(void *data, ngx_int_t rc,
     }
 
     if (ask->what == NGX_HTTP_CIVCHAT_ASK_INDEX) {
-        if (reply->type == NGX_HTTP_CIVCHAT_REDIS_STRING
-            && reply->str.len && reply->str.len <= NGX_HTTP_CIVCHAT_KEY_MAX)
-        {
-            ask->name->owner = reply->str;
-        }
-
+        ngx_http_civchat_cluster_entry(ask->name, reply);
         goto next;
     }
 
@@ -855,6 +740,37 @@ next:
     if (--sync->waiting == 0) {
         ngx_http_civchat_cluster_next(sync);
     }
+}
+
+
+/*
+ * lookup's answer: the id an index entry names, and whether it was
+ * claimed a moment ago (its claimer may not have written the document
+ * that holds the name yet: the entry is not stale, whatever the
+ * document says)
+ */
+
+static void
+ngx_http_civchat_cluster_entry(ngx_http_civchat_name_t *name,
+    ngx_http_civchat_redis_reply_t *reply)
+{
+    ngx_http_civchat_redis_reply_t  *e;
+
+    if (reply->type != NGX_HTTP_CIVCHAT_REDIS_ARRAY || reply->nelts != 2) {
+        return;
+    }
+
+    e = reply->elts;
+
+    if (e[0].type != NGX_HTTP_CIVCHAT_REDIS_STRING || e[0].str.len == 0
+        || e[0].str.len > NGX_HTTP_CIVCHAT_KEY_MAX
+        || e[1].type != NGX_HTTP_CIVCHAT_REDIS_INTEGER)
+    {
+        return;
+    }
+
+    name->owner = e[0].str;
+    name->young = (e[1].integer < NGX_HTTP_CIVCHAT_CLUSTER_GRACE);
 }
 
 
@@ -987,10 +903,15 @@ ngx_http_civchat_cluster_docs(ngx_http_civchat_sync_t *sync, ngx_uint_t gone)
 }
 
 
-/* the names no profile keeps: let go, no answer awaited */
+/*
+ * The names no profile keeps: let go, no answer awaited.  Refused: the
+ * names this plan claimed for a profile whose document was not
+ * written (it does not hold them), so that no entry is left naming it.
+ */
 
 static void
-ngx_http_civchat_cluster_releases(ngx_http_civchat_sync_t *sync)
+ngx_http_civchat_cluster_releases(ngx_http_civchat_sync_t *sync,
+    ngx_uint_t refused)
 {
     ngx_str_t                  argv[2];
     ngx_uint_t                 i;
@@ -999,9 +920,15 @@ ngx_http_civchat_cluster_releases(ngx_http_civchat_sync_t *sync)
     w = sync->writes.elts;
 
     for (i = 0; i < sync->writes.nelts; i++) {
-        if (w[i].type != NGX_HTTP_CIVCHAT_WRITE_RELEASE) {
+        if (refused
+            ? (w[i].type != NGX_HTTP_CIVCHAT_WRITE_CLAIM || !w[i].claimed
+               || !ngx_http_civchat_cluster_unwritten(sync, &w[i].id))
+            : w[i].type != NGX_HTTP_CIVCHAT_WRITE_RELEASE)
+        {
             continue;
         }
+
+        w[i].claimed = 0;
 
         if (ngx_http_civchat_cluster_index_key(sync, &w[i].name, &argv[0])
             != NGX_OK)
@@ -1016,6 +943,28 @@ ngx_http_civchat_cluster_releases(ngx_http_civchat_sync_t *sync)
                                            sync->zone->cluster->release, 1, 2,
                                            argv, NULL, NULL, NULL);
     }
+}
+
+
+static ngx_uint_t
+ngx_http_civchat_cluster_unwritten(ngx_http_civchat_sync_t *sync,
+    ngx_str_t *id)
+{
+    ngx_uint_t                 i;
+    ngx_http_civchat_write_t  *w;
+
+    w = sync->writes.elts;
+
+    for (i = 0; i < sync->writes.nelts; i++) {
+        if (w[i].type == NGX_HTTP_CIVCHAT_WRITE_DOC && w[i].version
+            && w[i].id.len == id->len
+            && ngx_memcmp(w[i].id.data, id->data, id->len) == 0)
+        {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -1078,7 +1027,12 @@ ngx_http_civchat_cluster_wrote(void *data, ngx_int_t rc,
     }
 
     if (w->type == NGX_HTTP_CIVCHAT_WRITE_CLAIM) {
-        if (reply->type != NGX_HTTP_CIVCHAT_REDIS_INTEGER) {
+        if (reply->type == NGX_HTTP_CIVCHAT_REDIS_INTEGER
+            && reply->integer == 2)
+        {
+            w->claimed = 1;
+
+        } else if (reply->type != NGX_HTTP_CIVCHAT_REDIS_INTEGER) {
             /* held by another profile: the plan saw too old a cache */
             if (sync->rc == NGX_OK) {
                 sync->rc = NGX_DECLINED;

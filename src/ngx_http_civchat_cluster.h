@@ -24,14 +24,17 @@
  *               JSON), f (the last write-behind applied: "origin:seq");
  *               or, for a day after a merge, only v and merged (the
  *               survivor's id)
- *   i:{k:KEY}   a string: the id of the profile holding another key
+ *   i:{k:KEY}   a string: "ID SECONDS", the id of the profile holding
+ *               another key and when it was claimed (Redis's clock)
  *   i:{u:ID}    ... holding a user_id
  *   i:{e:EMAIL} ... holding an e-mail
  *
  * and the channel "civchat:ZONE:changed" where every write publishes
  * "ORIGIN VERSION ID".  An index entry is a hint: a profile holds a
  * name only when its document says so, so an entry left behind by a
- * write that did not finish is taken over by the next claimer.
+ * write that did not finish is taken over by the next claimer, once it
+ * is older than NGX_HTTP_CIVCHAT_CLUSTER_GRACE (a younger one may be a
+ * claim whose document is on its way).
  *
  * A request's plan is applied to the cache (rules.c, unchanged) once
  * the cache holds, fresh, the profiles of every name the plan names; a
@@ -56,6 +59,14 @@
 /* what Redis is asked for, at most, for one plan */
 #define NGX_HTTP_CIVCHAT_CLUSTER_NAMES   4      /* key, user_id, email, id */
 #define NGX_HTTP_CIVCHAT_CLUSTER_TRIES   5
+
+/* seconds an index entry whose document does not hold its name is kept
+   for its claimer (whose document write may be on its way) */
+#define NGX_HTTP_CIVCHAT_CLUSTER_GRACE   10
+
+/* the longest pause before a plan refused for a conflict is applied
+   again (ms) */
+#define NGX_HTTP_CIVCHAT_CLUSTER_BACKOFF  50
 
 
 /* a profile's cache part, in the zone (profile->cache is its offset) */
@@ -99,6 +110,7 @@ struct ngx_http_civchat_cluster_s {
     ngx_uint_t                    down;      /* NGX_HTTP_CIVCHAT_DOWN_* */
     ngx_msec_t                    flush;     /* write-behind interval */
 
+    ngx_http_civchat_redis_script_t  *lookup;
     ngx_http_civchat_redis_script_t  *claim;
     ngx_http_civchat_redis_script_t  *release;
     ngx_http_civchat_redis_script_t  *write;
@@ -136,6 +148,7 @@ typedef struct {
     ngx_str_t                     owner;     /* the index's id, or empty */
     unsigned                      asked:1;   /* Redis was asked */
     unsigned                      stale:1;   /* the owner does not hold it */
+    unsigned                      young:1;   /* claimed a moment ago */
     unsigned                      own:1;     /* k: a profile's own key */
 } ngx_http_civchat_name_t;
 
@@ -148,6 +161,7 @@ typedef struct {
     uint32_t                      sessions;
     unsigned                      dirty:1;
     unsigned                      gone:1;    /* merged or erased */
+    unsigned                      written:1; /* after: its document is */
 } ngx_http_civchat_before_t;
 
 
@@ -178,6 +192,7 @@ typedef struct {
     uint16_t                      names_len;
     unsigned                      ua:1;
     unsigned                      taken:1;   /* took a delta */
+    unsigned                      claimed:1; /* CLAIM: set by it */
 } ngx_http_civchat_write_t;
 
 
@@ -226,6 +241,8 @@ struct ngx_http_civchat_sync_s {
     ngx_array_t                   cmds;      /* redis_cmd_t *, to cancel */
 
     ngx_uint_t                    tries;
+    ngx_uint_t                    conflicts;
+    ngx_event_t                   backoff;   /* before applying again */
     unsigned                      degraded:1; /* Redis is not answering */
     unsigned                      trusted:1;  /* the server API: write
                                                  through */

@@ -74,16 +74,27 @@ ngx_http_civchat_redis_eval(ngx_http_civchat_redis_t *rd,
         return NULL;
     }
 
-    /* EVALSHA sha nkeys argv... */
+    /*
+     * EVALSHA sha nkeys argv...; or, for a command whose reply nobody
+     * awaits, EVAL with the text: NOSCRIPT would send it again after
+     * the commands that follow it, which may depend on its order
+     */
 
     args = ngx_alloc((argc + 3) * sizeof(ngx_str_t), rd->log);
     if (args == NULL) {
         return NULL;
     }
 
-    ngx_str_set(&args[0], "EVALSHA");
-    args[1].data = script->sha;
-    args[1].len = 40;
+    if (handler == NULL) {
+        ngx_str_set(&args[0], "EVAL");
+        args[1] = script->text;
+
+    } else {
+        ngx_str_set(&args[0], "EVALSHA");
+        args[1].data = script->sha;
+        args[1].len = 40;
+    }
+
     args[2].data = n;
     args[2].len = ngx_sprintf(n, "%ui", nkeys) - n;
     ngx_memcpy(&args[3], argv, argc * sizeof(ngx_str_t));
@@ -105,7 +116,7 @@ ngx_http_civchat_redis_eval(ngx_http_civchat_redis_t *rd,
                                                    argv[0].len);
     }
 
-    cmd->script = script;
+    cmd->script = (handler != NULL) ? script : NULL;
     cmd->pool = pool;
     cmd->handler = handler;
     cmd->data = data;

@@ -193,7 +193,7 @@ ngx_http_civchat_store_index(ngx_http_civchat_zone_t *zone, u_char kind,
     uint32_t                   hash;
     ngx_int_t                  rc;
     ngx_rbtree_node_t         *node, *sentinel;
-    ngx_http_civchat_index_t  *ix;
+    ngx_http_civchat_index_t  *ix, *found;
 
     if (value->len == 0 || value->len > 255) {
         return NULL;
@@ -203,6 +203,7 @@ ngx_http_civchat_store_index(ngx_http_civchat_zone_t *zone, u_char kind,
 
     node = zone->sh->rbtree.root;
     sentinel = zone->sh->rbtree.sentinel;
+    found = NULL;
 
     while (node != sentinel) {
 
@@ -221,13 +222,20 @@ ngx_http_civchat_store_index(ngx_http_civchat_zone_t *zone, u_char kind,
         rc = ngx_http_civchat_index_cmp(ix, kind, value->data, value->len);
 
         if (rc == 0) {
-            return ix;
+            /*
+             * equal entries (an email several profiles hold) lie in the
+             * order they were made: the first one's holder answers,
+             * as the index entry of a zone on Redis does
+             */
+            found = ix;
+            node = node->left;
+            continue;
         }
 
         node = (rc > 0) ? node->left : node->right;
     }
 
-    return NULL;
+    return found;
 }
 
 

@@ -14,14 +14,15 @@
 # of its own, with and without civchat_identity_secret, the two giving
 # the same outcome; a retired key after its grace; page views written
 # behind reaching Redis; the server API of A reading, updating and
-# erasing a profile made on B; no page view lost by a graceful quit
-# right after a burst; a race of two new browsers on two hosts naming
+# erasing a profile made on B; logins on a profile another host
+# writes at the same moment (a write refused for its version applied
+# again to a fresh copy); no page view lost by a graceful quit right
+# after a burst; a race of two new browsers on two hosts naming
 # one user_id at the same moment, 21 times (one profile holds it, both
 # browsers land on it, one index entry names it).  Every document and
 # index entry is checked, before the race and after it: a user_id is
 # held by one profile, an entry names a profile that holds its name.
-# What these tests found wrong is marked TODO, each saying why.  The
-# faults are in t/cluster_faults.t.
+# The faults are in t/cluster_faults.t.
 
 ###############################################################################
 
@@ -50,49 +51,6 @@ my $cl = Civchat::Cluster->new(hosts => 3,
 	server => "location /s/ {\n            civchat  zone=slow;\n        }");
 
 my ($A, $B, $C) = (0, 1, 2);
-
-# the bugs these tests show, until they are fixed (see each TODO)
-
-my $STALE_HOLDER = 'a host whose cache still holds a profile erased (or '
-	. 'a name released) by another host answers from it: Redis says the '
-	. 'name has no index entry, no document is read, and cache_install() '
-	. 'has nothing to put in place of the cached holder, which keeps the '
-	. 'name (API read: 200 with the erased profile; a browser naming the '
-	. 'user_id: a switch to the erased profile, its document write '
-	. 'refused, applied again until 503)';
-
-my $CONFLICT = 'a document write refused for its version (another host '
-	. 'wrote the profile between this request\'s read and its write) is '
-	. 'not applied again to a fresh copy: the names were asked already '
-	. '(cache_needs() skips them) and cache_undo() only marks the copy '
-	. 'stale, so each apply writes the same old version until the 12th '
-	. 'gives up with a 503 (seen: one document write refused, then ten '
-	. 'more with no read in between; or, when the refused plan retired the '
-	. 'browser\'s key in the cache, the next apply answers 409 '
-	. 'key_replaced)';
-
-my $RACE = 'two hosts claiming one user_id at once: (1) the second '
-	. 'claimer reads the first one\'s index entry before the first one\'s '
-	. 'document is written, takes the entry as stale (cluster.c '
-	. 'cluster_found(): "doc == NULL") and claims it over, so both '
-	. 'documents hold the user_id; (2) after a refused claim, '
-	. 'cache_undo() leaves what the plan did in the cache (a new profile '
-	. 'made by the plan stays, dirty with the plan\'s own visit, since '
-	. 'cache_remove() keeps dirty copies; a profile the plan changed '
-	. 'keeps its changes, only marked stale, and cache_install() does '
-	. 'not replace a dirty copy), and the plan applied again lands on '
-	. 'that: a browser on a profile Redis does not know, or 409 '
-	. 'key_replaced for a key nobody replaced';
-
-my $ZOMBIE = 'after the race rounds a host keeps a delta it never writes, '
-	. 'and its workers do not finish a graceful quit (until '
-	. 'NGX_HTTP_CIVCHAT_BEHIND_EXIT, 30 s): the new '
-	. 'profile of a refused plan stays in the zone, dirty (see the race\'s '
-	. 'TODO), and the plan applied again gives the key minted for it '
-	. '(plan->fresh) to the winner as an alias; the key\'s index entry is '
-	. 'then an alias, cache_own() of the left profile is NULL, '
-	. 'cache_take() declines its delta at every tick and behind_tick() '
-	. 'counts it as dirty forever (its page views never reach Redis)';
 
 sub uid { uniq_id('uid') }
 sub email { lc(uniq_id('e')) . '@example.org' }
@@ -259,11 +217,6 @@ my @matrix = (
 	  ] },
 
 	{ name => 'an email another profile holds, written under unified off',
-	  todo => 'a duplicate email (allowed under unified identification '
-		. 'off) takes the index entry i:{e:EMAIL} from its first holder on '
-		. 'Redis, not on one host: cache_plan.c cache_claims() gives every '
-		. 'claim the owner Redis named as the holder it may replace '
-		. '(w->expected = s->owner), stale or not',
 	  steps => [
 		{ b => 'y', on => $A, loc => 'uo', do => 'init', data => {} },
 		{ b => 'y', on => $A, loc => 'uo', do => 'init',
@@ -450,7 +403,6 @@ for my $mode (qw/compat verified/) {
 		subtest "$mode: $seq->{name}" => sub {
 			my $local = run_sequence($seq, $mode, 'local');
 			my $across = run_sequence($seq, $mode, 'across');
-			local $TODO = $seq->{todo};
 			is_deeply($across, $local, 'across the hosts as on one host')
 				or diag("across:\n" . show_transcript($across)
 				. "\none host:\n" . show_transcript($local));
@@ -546,7 +498,7 @@ subtest 'page views written behind reach Redis' => sub {
 # for each user_id, and each entry names a profile that holds its name
 
 sub check_space {
-	my ($zone, $todo) = @_;
+	my ($zone) = @_;
 
 	my (%holders, @bad);
 	my @docs = $cl->keys_of($zone, 'p:*');
@@ -571,7 +523,7 @@ sub check_space {
 
 	for my $k (@entries) {
 		my ($kind, $v) = $k =~ /i:\{([kue]):(.*)\}$/ or next;
-		my $id = $cl->rcmd('GET', $k);
+		my $id = $cl->index($zone, $kind, $v);
 		my $d = $cl->doc($zone, $id);
 		next if $d && defined $d->{merged};
 		my $i = $d && $d->{identity};
@@ -585,7 +537,6 @@ sub check_space {
 
 	ok(@docs > 10, "zone $zone: " . scalar(@docs) . ' documents, '
 		. scalar(@entries) . ' index entries');
-	local $TODO = $todo;
 	is(join("\n", @bad), '', "zone $zone: each user_id held once, each "
 		. 'entry names its holder');
 }
@@ -676,18 +627,19 @@ subtest 'the server API of A on a profile of B' => sub {
 	# must not be answered from it
 
 	{
-		local $TODO = $STALE_HOLDER;
-
 		for my $path ("users/user_id/$u", "users/email/$e") {
 			is($cl->api($B, 'GET', $path)->status, 404,
 				"B: GET $path: 404");
 		}
 
+		# (a new profile's user_id is recorded as a profile_updated too,
+		# as on one host: t/identity.t)
 		my $n = $cl->browser();
 		$r = $n->on($B)->init({ user_id => $u });
 		is($r->status, 200, 'B: a new browser naming the erased user_id: '
 			. '200') or diag($r->describe);
-		is(types($n->events(count => 2)), 'page_view,user_created',
+		is(types($n->events(count => 3)),
+			'page_view,profile_updated,user_created',
 			'B: ... a new profile');
 		ok($n->profile && $n->profile ne $p, 'B: ... not the erased one');
 		ok($cl->wait_for(sub { ($cl->index('users', 'u', $u) // '')
@@ -707,11 +659,8 @@ subtest 'the server API of A on a profile of B' => sub {
 	is(types(@ev), 'page_view,user_created', 'B: a new visitor');
 	is($r->user->{user_id}, undef, 'B: without the user_id');
 	is($r->user->{page_views}, 1, 'B: counted from 1');
-	{
-		local $TODO = $STALE_HOLDER;
-		is($x->profile, $x->key, 'B: the browser\'s key is the new '
-			. 'profile\'s own, not the erased one\'s');
-	}
+	is($x->profile, $x->key, 'B: the browser\'s key is the new '
+		. 'profile\'s own, not the erased one\'s');
 };
 
 ###############################################################################
@@ -751,10 +700,7 @@ subtest 'logins on a profile another host writes meanwhile' => sub {
 	ok($written >= 10, "another host wrote it $written times meanwhile");
 	diag('A\'s writes refused as conflicts: ' . ($conflicts->() - $before));
 
-	{
-		local $TODO = $CONFLICT;
-		is($seen, '200 on it: 40', 'every login answered 200, on it');
-	}
+	is($seen, '200 on it: 40', 'every login answered 200, on it');
 
 	my $want = 1 + $views + $written;
 	my $pv;
@@ -867,26 +813,22 @@ subtest 'two hosts, one user_id at the same moment, 21 times' => sub {
 		'every racing request was answered, never with a 500: '
 		. join(' ', @answers));
 
-	local $TODO = $RACE;
 	is(scalar(@wrong), 0, 'every round: one holder, both browsers on it')
 		or diag(join("\n", @wrong));
 };
 
-{
-	local $TODO = $ZOMBIE;
-	ok($cl->settle('users', 5) && $cl->settle('signed', 5), 'after the '
-		. 'race: B and C write behind all they have');
-}
+ok($cl->settle('users', 5) && $cl->settle('signed', 5), 'after the race: '
+	. 'B and C write behind all they have');
 
 ###############################################################################
 
 # every document and index entry again, with those of the race
 
-check_space('users', "$RACE; and $STALE_HOLDER");
-check_space('signed', $RACE);
+check_space('users');
+check_space('signed');
 
 ###############################################################################
 
-$cl->done_testing(todo => { $B => $ZOMBIE, $C => $ZOMBIE });
+$cl->done_testing();
 
 ###############################################################################

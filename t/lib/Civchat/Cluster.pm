@@ -282,7 +282,8 @@ sub doc {
 sub index {
 	my ($self, $zone, $kind, $value) = @_;
 	my $r = $self->rcmd('GET', "civchat:$zone:i:{$kind:$value}");
-	return ref $r ? undef : $r;
+	return undef if !defined $r || ref $r;
+	return $r =~ /^(\S+) \d+$/ ? $1 : "malformed: $r";
 }
 
 # every key of a zone in Redis (SCAN on every master)
