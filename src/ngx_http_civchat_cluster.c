@@ -216,7 +216,8 @@ ngx_http_civchat_cluster_conf(ngx_conf_t *cf, ngx_http_civchat_zone_t *zone,
                                       &ngx_http_civchat_cluster_delta_lua);
 
     if (cl->claim == NULL || cl->release == NULL || cl->write == NULL
-        || cl->delta == NULL)
+        || cl->delta == NULL
+        || ngx_http_civchat_live_redis_conf(cf, cl) != NGX_OK)
     {
         return NGX_CONF_ERROR;
     }
