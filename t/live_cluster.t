@@ -309,10 +309,12 @@ is(join(' ', @got), join(' ', @want),
 	my $s = stream($tb, key => $k);
 	is(opened($s), 1, 'a stream on B');
 
-	is($kc->update({ plan => 'gold' })->status, 200,
-		'a profile change through the widget on A');
-	is(api($tb, 'PUT', "users/key/$k", { seats => 3 })->status, 200,
-		'and one through the API on B');
+	my $r = $kc->update({ plan => 'gold' });
+	is($r->status, 200, 'a profile change through the widget on A')
+		or diag($r->status . ' ' . $r->body);
+	$r = api($tb, 'PUT', "users/key/$k", { seats => 3 });
+	is($r->status, 200, 'and one through the API on B')
+		or diag($r->status . ' ' . $r->body);
 
 	pump([$s], 10, sub { @{$s->events} >= 2 });
 	pump([$s], 0.3, sub { 0 });
