@@ -93,7 +93,7 @@ VALGRIND_TESTS ?= t/endpoints.t t/identity.t t/attributes.t t/events.t \
                   t/geoip.t t/config.t t/fuzz_regressions.t \
                   t/redis.t t/redis_auth.t t/redis_faults.t \
                   t/redis_config.t t/redis_keepalive.t t/cluster.t \
-                  t/cluster_faults.t
+                  t/cluster_faults.t t/live_cluster.t
 
 test-valgrind: deps $(WIDGET_H)
 	mkdir -p $(BUILD)

@@ -395,6 +395,7 @@ struct ngx_http_civchat_zone_s {
     uint64_t                      live_read;
     ngx_msec_t                    live_pinged;
     ngx_msec_t                    live_checked;
+    ngx_uint_t                    live_heard; /* on Redis: subscribed */
 
     /* profiles the locked section works on: never evicted under it */
     ngx_uint_t                    npinned;
@@ -723,6 +724,9 @@ ngx_int_t ngx_http_civchat_answer_unprofiled(ngx_http_request_t *r,
 ngx_int_t ngx_http_civchat_send_gif(ngx_http_request_t *r);
 ngx_int_t ngx_http_civchat_unavailable(ngx_http_request_t *r,
     const char *retry, const char *detail);
+ngx_int_t ngx_http_civchat_stream_refuse(ngx_http_request_t *r,
+    ngx_int_t rc);
+ngx_int_t ngx_http_civchat_stream_headers(ngx_http_request_t *r);
 
 /* custom.c */
 ngx_int_t ngx_http_civchat_custom_check(ngx_http_request_t *r,
@@ -741,6 +745,8 @@ void ngx_http_civchat_read_key(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_str_t *key, ngx_str_t *link_key);
 ngx_int_t ngx_http_civchat_set_cookie(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx);
+ngx_int_t ngx_http_civchat_stream_key(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key);
 
 /* hmac.c */
 void ngx_http_civchat_sha256_init(ngx_http_civchat_sha256_t *ctx);
@@ -875,6 +881,8 @@ ngx_int_t ngx_http_civchat_live_news(ngx_http_civchat_zone_t *zone,
     uint64_t from, ngx_pool_t *pool, ngx_array_t *out, uint64_t *upto);
 void ngx_http_civchat_live_forget(ngx_http_civchat_zone_t *zone,
     ngx_str_t *profile);
+ngx_int_t ngx_http_civchat_live_note(ngx_pool_t *pool,
+    ngx_http_civchat_event_t *ev, ngx_str_t *note);
 ngx_int_t ngx_http_civchat_live_addr(ngx_http_civchat_zone_t *zone,
     ngx_str_t *addr, ngx_int_t delta, ngx_uint_t limit);
 
@@ -1062,6 +1070,36 @@ ngx_uint_t ngx_http_civchat_cluster_down(ngx_http_civchat_sync_t *sync);
 void ngx_http_civchat_behind_init_process(ngx_http_civchat_zone_t *zone,
     ngx_cycle_t *cycle);
 void ngx_http_civchat_behind_exit_process(ngx_http_civchat_zone_t *zone);
+
+/* live_redis.c: the live channel of a zone on Redis */
+typedef struct ngx_http_civchat_live_read_s  ngx_http_civchat_live_read_t;
+
+/*
+ * A read of a profile's stream: NGX_OK with the id of its last entry (0:
+ * none) and the entries asked for (more: there may be more after them),
+ * which live until the handler returns; or NGX_ERROR.
+ */
+typedef void (*ngx_http_civchat_live_read_pt)(void *data, ngx_int_t rc,
+    uint64_t last, ngx_http_civchat_live_copy_t *entries, ngx_uint_t n,
+    ngx_uint_t more);
+/* news of a profile; without one, the subscription was made (1) or lost */
+typedef void (*ngx_http_civchat_live_heard_pt)(void *data,
+    ngx_str_t *profile, uint64_t id);
+
+ngx_int_t ngx_http_civchat_live_redis_publish(ngx_http_request_t *r,
+    ngx_http_civchat_zone_t *zone, ngx_str_t *profile, ngx_uint_t type,
+    u_char *data, size_t len, ngx_http_civchat_resolved_pt handler);
+void ngx_http_civchat_live_redis_tell(ngx_http_civchat_zone_t *zone,
+    ngx_str_t *profile, ngx_array_t *events, ngx_uint_t from,
+    ngx_pool_t *pool);
+void ngx_http_civchat_live_redis_forget(ngx_http_civchat_zone_t *zone,
+    ngx_str_t *profile, ngx_pool_t *pool);
+ngx_http_civchat_live_read_t *ngx_http_civchat_live_redis_read(
+    ngx_http_civchat_zone_t *zone, ngx_str_t *profile, uint64_t from,
+    ngx_uint_t given, ngx_http_civchat_live_read_pt handler, void *data);
+void ngx_http_civchat_live_redis_cancel(ngx_http_civchat_live_read_t *rd);
+ngx_int_t ngx_http_civchat_live_redis_listen(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_live_heard_pt handler, void *data, ngx_cycle_t *cycle);
 
 
 #endif /* _NGX_HTTP_CIVCHAT_H_INCLUDED_ */

@@ -47,6 +47,7 @@ typedef struct {
     json_t                       *data;      /* a message's, then freed */
     ngx_uint_t                    live;
     ngx_str_t                     name;
+    unsigned                      publishing:1; /* to Redis */
 } ngx_http_civchat_route_t;
 
 
@@ -74,6 +75,8 @@ static ngx_uint_t ngx_http_civchat_api_claimed(ngx_http_civchat_ctx_t *ctx,
 static ngx_int_t ngx_http_civchat_api_message(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_route_t *rt);
 static ngx_int_t ngx_http_civchat_api_message_done(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
+static ngx_int_t ngx_http_civchat_api_message_sent(ngx_http_request_t *r,
     ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
 static ngx_int_t ngx_http_civchat_api_url_id(ngx_http_request_t *r,
     ngx_http_civchat_route_t *rt);
@@ -307,9 +310,18 @@ ngx_http_civchat_api_resolved(ngx_http_request_t *r, ngx_int_t rc)
 
     ctx->waiting = 0;
 
-    rc = (rt->route == NGX_HTTP_CIVCHAT_API_MESSAGES)
-         ? ngx_http_civchat_api_message_done(r, ctx, rc)
-         : ngx_http_civchat_api_one_done(r, ctx, rc);
+    if (rt->route != NGX_HTTP_CIVCHAT_API_MESSAGES) {
+        rc = ngx_http_civchat_api_one_done(r, ctx, rc);
+
+    } else {
+        rc = rt->publishing ? ngx_http_civchat_api_message_sent(r, ctx, rc)
+                            : ngx_http_civchat_api_message_done(r, ctx, rc);
+
+        if (ctx->waiting) {
+            /* Redis takes the message now */
+            return;
+        }
+    }
 
     if (rc == NGX_DONE && ctx->answered) {
         rc = ctx->answer_rc;
@@ -672,8 +684,35 @@ ngx_http_civchat_api_message_done(ngx_http_request_t *r,
 
     len = json_dumpb(rt->data, (char *) buf, len, JSON_COMPACT);
 
-    (void) ngx_http_civchat_zone_publish(ctx->lcf->zone, &ctx->user.profile,
-                                         rt->live, buf, len);
+    rt->publishing = 1;
+
+    rc = ngx_http_civchat_live_redis_publish(r, ctx->lcf->zone,
+                                             &ctx->user.profile, rt->live,
+                                             buf, len,
+                                             ngx_http_civchat_api_resolved);
+    if (rc == NGX_DONE) {
+        /* on Redis: answered once Redis has it (README "Live channel") */
+        ctx->waiting = 1;
+        return NGX_DONE;
+    }
+
+    return ngx_http_civchat_api_message_sent(r, ctx, rc);
+}
+
+
+static ngx_int_t
+ngx_http_civchat_api_message_sent(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc)
+{
+    ngx_http_civchat_route_t  *rt;
+
+    rt = (ngx_http_civchat_route_t *) (ctx + 1);
+
+    if (rc != NGX_OK) {
+        return ngx_http_civchat_unavailable(r, "1", "the live channel "
+                                            "(Redis) did not take the "
+                                            "message, retry later");
+    }
 
     rc = ngx_http_civchat_add_event_json(r, ctx,
                                          NGX_HTTP_CIVCHAT_EV_CHAT_MESSAGE,

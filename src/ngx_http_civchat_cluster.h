@@ -11,7 +11,8 @@
 /*
  * A zone's profiles on Redis Cluster (README "More than one nginx
  * host"): what cache.c (under the zone's lock, called by zone.c),
- * doc.c, cluster.c and behind.c share; nothing else includes this.
+ * doc.c, cluster.c, behind.c and live_redis.c share; nothing else
+ * includes this.
  *
  * Redis holds the profiles; the zone of each nginx host is a cache of
  * them.  In Redis, under the prefix "civchat:ZONE:":
@@ -30,7 +31,14 @@
  *   i:{e:EMAIL} ... holding an e-mail
  *
  * and the channel "civchat:ZONE:changed" where every write publishes
- * "ORIGIN VERSION ID".  An index entry is a hint: a profile holds a
+ * "ORIGIN VERSION ID"; for the live channel (live_redis.c):
+ *
+ *   l:{KEY}     a stream: what is said to the profile whose own key is
+ *               KEY, each entry t (its type, NGX_HTTP_CIVCHAT_LIVE_*)
+ *               and d (its data, one line of JSON)
+ *
+ * and the channel "civchat:ZONE:live" where each addition publishes
+ * "KEY ENTRY-ID".  An index entry is a hint: a profile holds a
  * name only when its document says so, so an entry left behind by a
  * write that did not finish is taken over by the next claimer, once it
  * is older than NGX_HTTP_CIVCHAT_CLUSTER_GRACE (a younger one may be a
@@ -115,6 +123,11 @@ struct ngx_http_civchat_cluster_s {
     ngx_http_civchat_redis_script_t  *release;
     ngx_http_civchat_redis_script_t  *write;
     ngx_http_civchat_redis_script_t  *delta;
+
+    /* the live channel (live_redis.c) */
+    ngx_str_t                     live_channel;  /* prefix "live" */
+    ngx_http_civchat_redis_script_t  *live_add;
+    ngx_http_civchat_redis_script_t  *live_read;
 
     /* per worker */
     ngx_http_civchat_zone_t      *zone;
@@ -332,6 +345,10 @@ ngx_int_t ngx_http_civchat_doc_key(ngx_pool_t *pool,
 uint64_t ngx_http_civchat_doc_uint(ngx_http_civchat_redis_reply_t *r);
 ngx_int_t ngx_http_civchat_doc_names(ngx_http_civchat_profile_t *p,
     ngx_pool_t *pool, ngx_array_t *names);
+
+/* live_redis.c */
+ngx_int_t ngx_http_civchat_live_redis_conf(ngx_conf_t *cf,
+    ngx_http_civchat_cluster_t *cl);
 
 /* behind.c */
 ngx_int_t ngx_http_civchat_behind_delta(ngx_http_civchat_cluster_t *cl,

@@ -15,7 +15,7 @@
 /*
  * A zone on Redis Cluster (cluster.h) as configured: "civchat_zone ...
  * redis=NAME", its keys' prefix and change channel, and the Lua scripts
- * cluster.c and behind.c run.
+ * cluster.c and behind.c run (live_redis.c makes its own).
  *
  * The scripts, each on one slot.  An index entry is "ID SECONDS": the
  * profile named and when it was claimed, by Redis's clock.  lookup:
@@ -156,7 +156,8 @@ ngx_http_civchat_cluster_conf(ngx_conf_t *cf, ngx_http_civchat_zone_t *zone,
                                       &ngx_http_civchat_cluster_delta_lua);
 
     if (cl->lookup == NULL || cl->claim == NULL || cl->release == NULL
-        || cl->write == NULL || cl->delta == NULL)
+        || cl->write == NULL || cl->delta == NULL
+        || ngx_http_civchat_live_redis_conf(cf, cl) != NGX_OK)
     {
         return NGX_CONF_ERROR;
     }

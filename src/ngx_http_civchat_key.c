@@ -170,6 +170,32 @@ ngx_http_civchat_read_key(ngx_http_request_t *r, ngx_http_civchat_ctx_t *ctx,
 
 /* the one place where nginx's cookie API differs between versions */
 
+/* the key a live stream is asked for (stream.c) */
+
+ngx_int_t
+ngx_http_civchat_stream_key(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key)
+{
+    ngx_str_t  value;
+
+    /* the cookie; cross-origin pages send ?key= (EventSource has no body) */
+    ngx_http_civchat_cookie_key(r, lcf, key);
+
+    if (key->len) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "key", 3, &value) == NGX_OK
+        && ngx_http_civchat_valid_key(value.data, value.len))
+    {
+        *key = value;
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
 static void
 ngx_http_civchat_read_cookie(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *value)

@@ -20,8 +20,10 @@
  * messages, never another visitor's; what goes unsent over a limit is
  * counted.  A ring of hints says which profiles had news, so a worker
  * need not look at all of its streams; when the ring has turned over
- * since it last read, it does look.  Everything here runs under the
- * zone's lock (zone.c).
+ * since it last read, it does look.  Everything here but the text of a
+ * profile change runs under the zone's lock (zone.c).  A zone on Redis
+ * keeps no messages here: they are in Redis (live_redis.c); only its
+ * streams' counts are.
  */
 
 
@@ -536,6 +538,45 @@ ngx_http_civchat_live_news(ngx_http_civchat_zone_t *zone, uint64_t from,
 
         ngx_memcpy(k->data, h->key, h->len);
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A profile change as the profile's streams hear it, from a
+ * profile_updated event of the request's own profile: {"name": ...,
+ * "old": ..., "new": ...}.  NGX_DECLINED: the event is no such change.
+ * (Text only: it needs no lock.)
+ */
+
+ngx_int_t
+ngx_http_civchat_live_note(ngx_pool_t *pool, ngx_http_civchat_event_t *ev,
+    ngx_str_t *note)
+{
+    u_char  *p;
+    size_t   len;
+
+    if (ev->type != NGX_HTTP_CIVCHAT_EV_PROFILE_UPDATED || ev->other
+        || ev->attrs.len < 2)
+    {
+        return NGX_DECLINED;
+    }
+
+    len = sizeof("{\"name\":,") + ev->attrs.len
+          + ngx_http_civchat_json_quoted_len(ev->name.data, ev->name.len);
+
+    note->data = ngx_pnalloc(pool, len);
+    if (note->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(note->data, "{\"name\":", sizeof("{\"name\":") - 1);
+    p = ngx_http_civchat_json_quote(p, ev->name.data, ev->name.len);
+    *p++ = ',';
+    p = ngx_cpymem(p, ev->attrs.data + 1, ev->attrs.len - 1);
+
+    note->len = p - note->data;
 
     return NGX_OK;
 }

@@ -751,6 +751,22 @@ ngx_http_civchat_resolve_done(ngx_http_civchat_resolving_t *rs,
     rs->ctx->user = rs->res.user;
     rs->ctx->resolved = 1;
 
+    if (rs->res.sync != NULL) {
+        /* on Redis, now that the plan holds: the live channel hears it */
+
+        if (rs->plan->op == NGX_HTTP_CIVCHAT_OP_DELETE) {
+            ngx_http_civchat_live_redis_forget(rs->ctx->lcf->zone,
+                                               &rs->res.user.profile,
+                                               rs->request->pool);
+
+        } else if (rs->plan->live) {
+            ngx_http_civchat_live_redis_tell(rs->ctx->lcf->zone,
+                                             &rs->res.user.profile,
+                                             &rs->ctx->events, rs->events,
+                                             rs->request->pool);
+        }
+    }
+
     if (rs->res.unverified) {
         st = ngx_http_civchat_stats(rs->request);
 

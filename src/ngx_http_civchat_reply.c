@@ -527,6 +527,79 @@ ngx_http_civchat_short_name(ngx_str_t *name)
 }
 
 
+/* a live stream refused (stream.c): why, as the zone said */
+
+ngx_int_t
+ngx_http_civchat_stream_refuse(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_str_t  retry;
+
+    switch (rc) {
+
+    case NGX_DECLINED:
+        return ngx_http_civchat_error(r, NGX_HTTP_FORBIDDEN, "unknown_key",
+                                      "%s", "this key is no visitor's "
+                                      "(init gives the browser one)");
+
+    case NGX_ABORT:
+        return ngx_http_civchat_error(r, NGX_HTTP_FORBIDDEN, "unverified",
+                                      "%s", "this key's profile was "
+                                      "claimed, not proved: its stream is "
+                                      "not this browser's to read");
+
+    case NGX_BUSY:
+        ngx_str_set(&retry, "30");
+
+        if (ngx_http_civchat_add_header(r, "Retry-After", &retry) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_civchat_error(r, 429, "too_many_streams", "%s",
+                                      "too many streams are open for this "
+                                      "key or from this address "
+                                      "(civchat_stream_limit)");
+
+    default:
+        return ngx_http_civchat_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "zone_full", "%s", "the zone has no "
+                                      "room for the live channel");
+    }
+}
+
+
+/* a live stream's headers: events as they come, through any proxy */
+
+ngx_int_t
+ngx_http_civchat_stream_headers(ngx_http_request_t *r)
+{
+    ngx_str_t  value;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = -1;
+    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    ngx_str_set(&value, "no-store");
+
+    if (ngx_http_civchat_add_header(r, "Cache-Control", &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* proxies in front must pass each event on at once */
+    ngx_str_set(&value, "no");
+
+    if (ngx_http_civchat_add_header(r, "X-Accel-Buffering", &value)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_send_header(r);
+}
+
+
 /* 503 store_unavailable, with when to try again */
 
 ngx_int_t

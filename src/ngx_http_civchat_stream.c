@@ -22,6 +22,14 @@
  * the event id: a client that reconnects with Last-Event-ID gets what
  * it missed while the zone still holds it.
  *
+ * A zone on Redis keeps what is said in Redis instead (live_redis.c), in
+ * a stream per profile whose entry ids are the event ids on every host:
+ * the profile is read from Redis first, then where its stream stands
+ * (or what followed the Last-Event-ID); a stream reads what follows its
+ * last event whenever the channel announces news of its profile, when
+ * the worker's subscription was made again, and, while the subscription
+ * is not known to be there, every 15 seconds.
+ *
  * A stream ends after civchat_stream_timeout without an event, when its
  * client does not read for send_timeout, after 1000 events, and when its
  * worker exits: then from the event loop, as a request should end, so
@@ -49,9 +57,18 @@ typedef struct {
     uint64_t                      last;      /* the last id it was sent */
     ngx_msec_t                    active;    /* when it last had news */
     ngx_msec_t                    idle;
+    ngx_http_civchat_live_read_t *read;      /* on Redis: on its way */
+    uint64_t                      asked;     /* its Last-Event-ID */
+    unsigned                      given:1;   /* ... was sent */
+    unsigned                      again:1;   /* news during a read */
     unsigned                      counted:1; /* in the zone's counts */
     unsigned                      listed:1;  /* in the worker's tree */
 } ngx_http_civchat_stream_t;
+
+
+/* on Redis, the request's context holds its stream while it opens */
+#define ngx_http_civchat_stream_of(ctx)                                      \
+    (*(ngx_http_civchat_stream_t **) ((ctx) + 1))
 
 
 static const char  *ngx_http_civchat_live_types[] = {
@@ -62,13 +79,32 @@ static const char  *ngx_http_civchat_live_types[] = {
 static ngx_int_t ngx_http_civchat_stream_open(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf, ngx_http_civchat_stream_t *st,
     ngx_int_t *answer);
-static ngx_int_t ngx_http_civchat_stream_refuse(ngx_http_request_t *r,
+static ngx_int_t ngx_http_civchat_stream_asked(ngx_http_request_t *r,
+    uint64_t *id);
+static ngx_int_t ngx_http_civchat_stream_start(ngx_http_request_t *r,
+    ngx_http_civchat_stream_t *st, ngx_http_civchat_live_copy_t *entries,
+    ngx_uint_t n);
+static ngx_int_t ngx_http_civchat_stream_redis(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_http_civchat_stream_t *st);
+static void ngx_http_civchat_stream_resolved(ngx_http_request_t *r,
     ngx_int_t rc);
-static ngx_int_t ngx_http_civchat_stream_key(ngx_http_request_t *r,
-    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key);
-static uint64_t ngx_http_civchat_stream_last(ngx_http_request_t *r,
-    ngx_http_civchat_zone_t *zone);
-static ngx_int_t ngx_http_civchat_stream_headers(ngx_http_request_t *r);
+static ngx_int_t ngx_http_civchat_stream_checked(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_stream_t *st,
+    ngx_int_t rc);
+static void ngx_http_civchat_stream_first(void *data, ngx_int_t rc,
+    uint64_t last, ngx_http_civchat_live_copy_t *entries, ngx_uint_t n,
+    ngx_uint_t more);
+static ngx_int_t ngx_http_civchat_stream_wait(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx);
+static void ngx_http_civchat_stream_resume(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc);
+static ngx_int_t ngx_http_civchat_stream_later(ngx_http_request_t *r);
+static void ngx_http_civchat_stream_fetch(ngx_http_civchat_stream_t *st);
+static void ngx_http_civchat_stream_fetched(void *data, ngx_int_t rc,
+    uint64_t last, ngx_http_civchat_live_copy_t *entries, ngx_uint_t n,
+    ngx_uint_t more);
+static void ngx_http_civchat_stream_heard(void *data, ngx_str_t *profile,
+    uint64_t id);
 static ngx_int_t ngx_http_civchat_stream_retry_only(ngx_http_request_t *r);
 static void ngx_http_civchat_stream_cleanup(void *data);
 static void ngx_http_civchat_stream_write_handler(ngx_http_request_t *r);
@@ -86,15 +122,15 @@ static void ngx_http_civchat_stream_news(ngx_http_civchat_zone_t *zone);
 static void ngx_http_civchat_stream_all(ngx_http_civchat_zone_t *zone,
     ngx_pool_t *pool);
 static void ngx_http_civchat_stream_profile(ngx_http_civchat_zone_t *zone,
-    ngx_str_t *profile, ngx_pool_t *pool);
+    ngx_str_t *profile, ngx_pool_t *pool, uint64_t id);
 
 
 ngx_int_t
 ngx_http_civchat_stream_handler(ngx_http_request_t *r,
     ngx_http_civchat_loc_conf_t *lcf)
 {
+    uint64_t                    seq;
     ngx_int_t                   rc;
-    ngx_pool_t                 *pool;
     ngx_http_cleanup_t         *cln;
     ngx_http_civchat_zone_t    *zone;
     ngx_http_civchat_stream_t  *st;
@@ -130,11 +166,48 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
     cln->handler = ngx_http_civchat_stream_cleanup;
     cln->data = st;
 
+    if (ngx_http_civchat_stream_key(r, lcf, &st->key) != NGX_OK) {
+        return ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "missing_field", "%s",
+                                      "the stream needs the visitor key "
+                                      "(cookie or ?key=)");
+    }
+
+    st->given = (ngx_http_civchat_stream_asked(r, &st->asked) == NGX_OK);
+
+    if (zone->cluster != NULL) {
+        return ngx_http_civchat_stream_redis(r, lcf, st);
+    }
+
     if (ngx_http_civchat_stream_open(r, lcf, st, &rc) != NGX_OK) {
         return rc;
     }
 
-    st->last = ngx_http_civchat_stream_last(r, zone);
+    /* Last-Event-ID, else now; one ahead of the zone is now */
+
+    seq = ngx_http_civchat_zone_live_seq(zone);
+    st->last = (st->given && st->asked < seq) ? st->asked : seq;
+
+    return ngx_http_civchat_stream_start(r, st, NULL, 0);
+}
+
+
+/*
+ * The stream begins: its headers and retry, what it missed (entries
+ * read from Redis, or what the zone holds), then news as they come.
+ */
+
+static ngx_int_t
+ngx_http_civchat_stream_start(ngx_http_request_t *r,
+    ngx_http_civchat_stream_t *st, ngx_http_civchat_live_copy_t *entries,
+    ngx_uint_t n)
+{
+    ngx_int_t                 rc;
+    ngx_uint_t                i;
+    ngx_pool_t               *pool;
+    ngx_http_civchat_zone_t  *zone;
+
+    zone = st->zone;
 
     rc = ngx_http_civchat_stream_headers(r);
 
@@ -174,13 +247,201 @@ ngx_http_civchat_stream_handler(ngx_http_request_t *r,
 
     /* a reconnect: what the client missed */
 
-    pool = ngx_create_pool(4096, r->connection->log);
-    if (pool != NULL) {
-        ngx_http_civchat_stream_deliver(st, pool);
-        ngx_destroy_pool(pool);
+    if (zone->cluster == NULL) {
+        pool = ngx_create_pool(4096, r->connection->log);
+        if (pool != NULL) {
+            ngx_http_civchat_stream_deliver(st, pool);
+            ngx_destroy_pool(pool);
+        }
+
+        return NGX_DONE;
     }
 
+    for (i = 0; i < n; i++) {
+        if (ngx_http_civchat_stream_event(st, &entries[i]) != NGX_OK) {
+            return NGX_DONE;
+        }
+    }
+
+    /*
+     * news announced before the stream was listed here went unheard:
+     * whatever followed the read is read now
+     */
+    ngx_http_civchat_stream_fetch(st);
+
     return NGX_DONE;
+}
+
+
+/*
+ * On Redis: the key's profile is read first (this host may never have
+ * seen it), then, once the key may have a stream, its stream in Redis.
+ * Redis not answering: the stream ends at once, and the browser comes
+ * back after its retry.
+ */
+
+static ngx_int_t
+ngx_http_civchat_stream_redis(ngx_http_request_t *r,
+    ngx_http_civchat_loc_conf_t *lcf, ngx_http_civchat_stream_t *st)
+{
+    ngx_int_t                 rc;
+    ngx_http_civchat_ctx_t   *ctx;
+    ngx_http_civchat_plan_t  *plan;
+
+    ctx = ngx_http_civchat_new_ctx(r, lcf, NGX_HTTP_CIVCHAT_STREAM,
+                                   sizeof(ngx_http_civchat_stream_t *));
+    plan = ngx_palloc(r->pool, sizeof(ngx_http_civchat_plan_t));
+
+    if (ctx == NULL || plan == NULL
+        || ngx_http_civchat_plan_api(r, ctx, plan, NGX_HTTP_CIVCHAT_OP_READ,
+                                     NGX_HTTP_CIVCHAT_BY_KEY, &st->key)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_civchat_stream_of(ctx) = st;
+
+    rc = ngx_http_civchat_resolve(r, ctx, plan, NULL,
+                                  ngx_http_civchat_stream_resolved);
+
+    if (rc == NGX_DONE) {
+        return ngx_http_civchat_stream_wait(r, ctx);
+    }
+
+    rc = ngx_http_civchat_stream_checked(r, ctx, st, rc);
+
+    if (rc == NGX_DONE && ctx->answered) {
+        rc = ctx->answer_rc;
+    }
+
+    return rc;
+}
+
+
+static void
+ngx_http_civchat_stream_resolved(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_http_civchat_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+
+    ctx->waiting = 0;
+
+    rc = ngx_http_civchat_stream_checked(r, ctx,
+                                         ngx_http_civchat_stream_of(ctx), rc);
+
+    ngx_http_civchat_stream_resume(r, ctx, rc);
+}
+
+
+/* the profile is read: the zone's checks, then the stream's place */
+
+static ngx_int_t
+ngx_http_civchat_stream_checked(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_http_civchat_stream_t *st,
+    ngx_int_t rc)
+{
+    if (rc == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        return ngx_http_civchat_stream_later(r);
+    }
+
+    if (rc != NGX_OK && rc != NGX_DECLINED) {
+        /* NGX_DECLINED, no such profile: the zone says so below */
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_civchat_stream_open(r, ctx->lcf, st, &rc) != NGX_OK) {
+        return rc;
+    }
+
+    st->read = ngx_http_civchat_live_redis_read(st->zone, &st->profile,
+                                                st->asked, st->given,
+                                                ngx_http_civchat_stream_first,
+                                                st);
+    if (st->read == NULL) {
+        return ngx_http_civchat_stream_later(r);
+    }
+
+    return ngx_http_civchat_stream_wait(r, ctx);
+}
+
+
+/* Redis said where the profile's stream stands, and what followed */
+
+static void
+ngx_http_civchat_stream_first(void *data, ngx_int_t rc, uint64_t last,
+    ngx_http_civchat_live_copy_t *entries, ngx_uint_t n, ngx_uint_t more)
+{
+    ngx_http_civchat_stream_t *st = data;
+
+    ngx_http_request_t      *r;
+    ngx_http_civchat_ctx_t  *ctx;
+
+    r = st->r;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_civchat_module);
+
+    st->read = NULL;
+    ctx->waiting = 0;
+
+    if (rc != NGX_OK) {
+        rc = ngx_http_civchat_stream_later(r);
+
+    } else {
+        /* the Last-Event-ID, else now; one ahead of Redis is now */
+        st->last = (st->given && st->asked < last) ? st->asked : last;
+
+        rc = ngx_http_civchat_stream_start(r, st, entries, n);
+    }
+
+    ngx_http_civchat_stream_resume(r, ctx, rc);
+}
+
+
+/* the request waits for Redis: finalized in ngx_http_civchat_stream_resume */
+
+static ngx_int_t
+ngx_http_civchat_stream_wait(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx)
+{
+    ctx->waiting = 1;
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_civchat_stream_resume(ngx_http_request_t *r,
+    ngx_http_civchat_ctx_t *ctx, ngx_int_t rc)
+{
+    ngx_connection_t  *c;
+
+    if (rc == NGX_DONE && ctx->answered) {
+        rc = ctx->answer_rc;
+    }
+
+    c = r->connection;
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* the stream cannot start now: its retry and its end */
+
+static ngx_int_t
+ngx_http_civchat_stream_later(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_civchat_stream_headers(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    return ngx_http_civchat_stream_retry_only(r);
 }
 
 
@@ -197,14 +458,6 @@ ngx_http_civchat_stream_open(ngx_http_request_t *r,
     ngx_int_t                  rc;
     ngx_http_civchat_user_t    user;
     ngx_http_civchat_stats_t  *stats;
-
-    if (ngx_http_civchat_stream_key(r, lcf, &st->key) != NGX_OK) {
-        *answer = ngx_http_civchat_error(r, NGX_HTTP_BAD_REQUEST,
-                                         "missing_field", "%s",
-                                         "the stream needs the visitor key "
-                                         "(cookie or ?key=)");
-        return NGX_DECLINED;
-    }
 
     st->addr = r->connection->addr_text;
 
@@ -232,81 +485,14 @@ ngx_http_civchat_stream_open(ngx_http_request_t *r,
 }
 
 
-static ngx_int_t
-ngx_http_civchat_stream_refuse(ngx_http_request_t *r, ngx_int_t rc)
-{
-    ngx_str_t  retry;
-
-    switch (rc) {
-
-    case NGX_DECLINED:
-        return ngx_http_civchat_error(r, NGX_HTTP_FORBIDDEN, "unknown_key",
-                                      "%s", "this key is no visitor's "
-                                      "(init gives the browser one)");
-
-    case NGX_ABORT:
-        return ngx_http_civchat_error(r, NGX_HTTP_FORBIDDEN, "unverified",
-                                      "%s", "this key's profile was "
-                                      "claimed, not proved: its stream is "
-                                      "not this browser's to read");
-
-    case NGX_BUSY:
-        ngx_str_set(&retry, "30");
-
-        if (ngx_http_civchat_add_header(r, "Retry-After", &retry) != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_civchat_error(r, 429, "too_many_streams", "%s",
-                                      "too many streams are open for this "
-                                      "key or from this address "
-                                      "(civchat_stream_limit)");
-
-    default:
-        return ngx_http_civchat_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "zone_full", "%s", "the zone has no "
-                                      "room for the live channel");
-    }
-}
-
+/* Last-Event-ID (browsers send it themselves), else ?last_id= */
 
 static ngx_int_t
-ngx_http_civchat_stream_key(ngx_http_request_t *r,
-    ngx_http_civchat_loc_conf_t *lcf, ngx_str_t *key)
-{
-    ngx_str_t  value;
-
-    /* the cookie; cross-origin pages send ?key= (EventSource has no body) */
-    ngx_http_civchat_cookie_key(r, lcf, key);
-
-    if (key->len) {
-        return NGX_OK;
-    }
-
-    if (ngx_http_arg(r, (u_char *) "key", 3, &value) == NGX_OK
-        && ngx_http_civchat_valid_key(value.data, value.len))
-    {
-        *key = value;
-        return NGX_OK;
-    }
-
-    return NGX_DECLINED;
-}
-
-
-/* Last-Event-ID (browsers send it themselves), else ?last_id=, else now */
-
-static uint64_t
-ngx_http_civchat_stream_last(ngx_http_request_t *r,
-    ngx_http_civchat_zone_t *zone)
+ngx_http_civchat_stream_asked(ngx_http_request_t *r, uint64_t *id)
 {
     off_t             n;
-    uint64_t          last;
     ngx_str_t         value;
     ngx_table_elt_t  *h;
-
-    last = ngx_http_civchat_zone_live_seq(zone);
 
     h = ngx_http_civchat_find_header(r, "Last-Event-ID");
 
@@ -314,46 +500,19 @@ ngx_http_civchat_stream_last(ngx_http_request_t *r,
         value = h->value;
 
     } else if (ngx_http_arg(r, (u_char *) "last_id", 7, &value) != NGX_OK) {
-        return last;
+        return NGX_DECLINED;
     }
 
     n = ngx_atoof(value.data, value.len);
 
-    if (n >= 0 && (uint64_t) n < last) {
-        last = (uint64_t) n;
+    if (n < 0) {
+        /* not a number: from now on */
+        return NGX_DECLINED;
     }
 
-    return last;
-}
+    *id = (uint64_t) n;
 
-
-static ngx_int_t
-ngx_http_civchat_stream_headers(ngx_http_request_t *r)
-{
-    ngx_str_t  value;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = -1;
-    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    ngx_str_set(&value, "no-store");
-
-    if (ngx_http_civchat_add_header(r, "Cache-Control", &value) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    /* proxies in front must pass each event on at once */
-    ngx_str_set(&value, "no");
-
-    if (ngx_http_civchat_add_header(r, "X-Accel-Buffering", &value)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return ngx_http_send_header(r);
+    return NGX_OK;
 }
 
 
@@ -393,6 +552,11 @@ static void
 ngx_http_civchat_stream_cleanup(void *data)
 {
     ngx_http_civchat_stream_t  *st = data;
+
+    if (st->read != NULL) {
+        ngx_http_civchat_live_redis_cancel(st->read);
+        st->read = NULL;
+    }
 
     if (st->listed) {
         ngx_rbtree_delete(&st->zone->streams, &st->node);
@@ -584,6 +748,11 @@ ngx_http_civchat_stream_close(ngx_http_civchat_stream_t *st)
         st->zone->nstreams--;
     }
 
+    if (st->read != NULL) {
+        ngx_http_civchat_live_redis_cancel(st->read);
+        st->read = NULL;
+    }
+
     ngx_http_finalize_request(r, ngx_http_send_special(r, NGX_HTTP_LAST));
 }
 
@@ -604,6 +773,14 @@ ngx_http_civchat_stream_init_process(ngx_http_civchat_zone_t *zone,
      * streams from this timer first
      */
     zone->live_ev.cancelable = 0;
+
+    zone->live_heard = 0;
+
+    if (zone->cluster != NULL && zone->sh->live_size) {
+        (void) ngx_http_civchat_live_redis_listen(zone,
+                                                ngx_http_civchat_stream_heard,
+                                                zone, cycle);
+    }
 }
 
 
@@ -682,6 +859,11 @@ ngx_http_civchat_stream_ping(ngx_http_civchat_zone_t *zone)
             continue;
         }
 
+        if (ping && zone->cluster != NULL && !zone->live_heard) {
+            /* news may have gone unheard: what followed is read */
+            ngx_http_civchat_stream_fetch(st);
+        }
+
         if (ping) {
             (void) ngx_http_civchat_stream_send(st, (u_char *) ": ping\n\n",
                                                 8);
@@ -726,7 +908,7 @@ ngx_http_civchat_stream_news(ngx_http_civchat_zone_t *zone)
         profile = news.elts;
 
         for (i = 0; i < news.nelts; i++) {
-            ngx_http_civchat_stream_profile(zone, &profile[i], pool);
+            ngx_http_civchat_stream_profile(zone, &profile[i], pool, 0);
         }
     }
 
@@ -757,11 +939,15 @@ ngx_http_civchat_stream_all(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool)
 }
 
 
-/* the worker's streams of one profile, by the crc32 of its key */
+/*
+ * The worker's streams of one profile, by the crc32 of its key: what the
+ * zone holds is delivered (pool), or, on Redis, each stream that was not
+ * sent entry "id" yet reads what follows its last.
+ */
 
 static void
 ngx_http_civchat_stream_profile(ngx_http_civchat_zone_t *zone,
-    ngx_str_t *profile, ngx_pool_t *pool)
+    ngx_str_t *profile, ngx_pool_t *pool, uint64_t id)
 {
     uint32_t                    hash;
     ngx_rbtree_node_t          *node, *first, *next, *sentinel;
@@ -792,11 +978,110 @@ ngx_http_civchat_stream_profile(ngx_http_civchat_zone_t *zone,
         next = ngx_rbtree_next(&zone->streams, node);
         st = (ngx_http_civchat_stream_t *) node;
 
-        if (st->profile.len == profile->len
-            && ngx_memcmp(st->profile.data, profile->data, profile->len) == 0)
+        if (st->profile.len != profile->len
+            || ngx_memcmp(st->profile.data, profile->data, profile->len) != 0)
         {
-            ngx_http_civchat_stream_deliver(st, pool);
+            continue;
         }
+
+        if (pool != NULL) {
+            ngx_http_civchat_stream_deliver(st, pool);
+
+        } else if (st->last < id) {
+            ngx_http_civchat_stream_fetch(st);
+        }
+    }
+}
+
+
+/* on Redis: the channel's news, or its subscription made or lost */
+
+static void
+ngx_http_civchat_stream_heard(void *data, ngx_str_t *profile, uint64_t id)
+{
+    ngx_http_civchat_zone_t *zone = data;
+
+    ngx_rbtree_node_t  *node, *sentinel;
+
+    if (profile != NULL) {
+        ngx_http_civchat_stream_profile(zone, profile, NULL, id);
+        return;
+    }
+
+    zone->live_heard = id;
+
+    if (!id || zone->streams.root == zone->streams.sentinel) {
+        return;
+    }
+
+    /* subscribed (again): what was said meanwhile went unheard */
+
+    sentinel = zone->streams.sentinel;
+
+    for (node = ngx_rbtree_min(zone->streams.root, sentinel);
+         node != NULL;
+         node = ngx_rbtree_next(&zone->streams, node))
+    {
+        ngx_http_civchat_stream_fetch((ngx_http_civchat_stream_t *) node);
+    }
+}
+
+
+/* on Redis: what follows the stream's last event (one read at a time) */
+
+static void
+ngx_http_civchat_stream_fetch(ngx_http_civchat_stream_t *st)
+{
+    if (!st->listed) {
+        return;
+    }
+
+    if (st->read != NULL) {
+        /* read again once this read is answered */
+        st->again = 1;
+        return;
+    }
+
+    st->again = 0;
+
+    /* NULL: no memory; the next news, or the poll, reads */
+    st->read = ngx_http_civchat_live_redis_read(st->zone, &st->profile,
+                                                st->last, 1,
+                                                ngx_http_civchat_stream_fetched,
+                                                st);
+}
+
+
+static void
+ngx_http_civchat_stream_fetched(void *data, ngx_int_t rc, uint64_t last,
+    ngx_http_civchat_live_copy_t *entries, ngx_uint_t n, ngx_uint_t more)
+{
+    ngx_http_civchat_stream_t *st = data;
+
+    ngx_uint_t  i;
+
+    st->read = NULL;
+
+    if (rc == NGX_OK) {
+        if (last < st->last) {
+            /* the profile's stream was made anew (erased, expired) */
+            st->last = last;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (ngx_http_civchat_stream_event(st, &entries[i]) != NGX_OK) {
+                /* the stream ended, and may be freed */
+                return;
+            }
+        }
+
+    } else {
+        /* Redis is not answering: the poll reads later */
+        more = 0;
+    }
+
+    if (more || st->again) {
+        ngx_http_civchat_stream_fetch(st);
     }
 }
 

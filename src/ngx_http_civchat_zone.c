@@ -527,10 +527,15 @@ static void
 ngx_http_civchat_zone_tell(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_result_t *res, ngx_uint_t from)
 {
-    u_char                    *data, *p;
-    size_t                     len;
+    ngx_int_t                  rc;
+    ngx_str_t                  note;
     ngx_uint_t                 i;
     ngx_http_civchat_event_t  *ev;
+
+    if (zone->cluster != NULL) {
+        /* on Redis: told through Redis once the plan holds (live_redis.c) */
+        return;
+    }
 
     if (zone->sh->live == NULL || zone->sh->live->streams == 0) {
         return;
@@ -539,29 +544,19 @@ ngx_http_civchat_zone_tell(ngx_http_civchat_zone_t *zone,
     ev = res->events->elts;
 
     for (i = from; i < res->events->nelts; i++) {
-        if (ev[i].type != NGX_HTTP_CIVCHAT_EV_PROFILE_UPDATED || ev[i].other
-            || ev[i].attrs.len < 2)
-        {
+        rc = ngx_http_civchat_live_note(res->pool, &ev[i], &note);
+
+        if (rc == NGX_DECLINED) {
             continue;
         }
 
-        len = sizeof("{\"name\":,") + ev[i].attrs.len
-              + ngx_http_civchat_json_quoted_len(ev[i].name.data,
-                                                 ev[i].name.len);
-
-        data = ngx_pnalloc(res->pool, len);
-        if (data == NULL) {
+        if (rc != NGX_OK) {
             return;
         }
 
-        p = ngx_cpymem(data, "{\"name\":", sizeof("{\"name\":") - 1);
-        p = ngx_http_civchat_json_quote(p, ev[i].name.data, ev[i].name.len);
-        *p++ = ',';
-        p = ngx_cpymem(p, ev[i].attrs.data + 1, ev[i].attrs.len - 1);
-
         (void) ngx_http_civchat_live_add(zone, &res->user.profile,
                                          NGX_HTTP_CIVCHAT_LIVE_PROFILE,
-                                         data, p - data);
+                                         note.data, note.len);
     }
 }
 
