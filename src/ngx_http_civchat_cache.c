@@ -538,3 +538,167 @@ ngx_http_civchat_cache_dirty(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool,
 
     return NGX_OK;
 }
+
+
+/*
+ * A copy as Redis would answer it (HGETALL), to put back when the plan
+ * that changes it is refused: its identity is then as it was, not as
+ * the plan left it (with Redis down, the copy is used as it is).
+ */
+
+ngx_int_t
+ngx_http_civchat_cache_snapshot(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_http_civchat_cached_t *c,
+    ngx_pool_t *pool, ngx_http_civchat_before_t *b)
+{
+    u_char                          *last;
+    ngx_str_t                       *f;
+    ngx_uint_t                       i;
+    ngx_array_t                     *fields;
+    ngx_http_civchat_redis_reply_t  *r, *e;
+
+    fields = ngx_array_create(pool, 16, sizeof(ngx_str_t));
+    if (fields == NULL
+        || ngx_http_civchat_doc_fields(zone, p, pool, fields) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    r = ngx_pcalloc(pool, sizeof(ngx_http_civchat_redis_reply_t));
+    e = ngx_pcalloc(pool, (fields->nelts + 2)
+                          * sizeof(ngx_http_civchat_redis_reply_t));
+    if (r == NULL || e == NULL) {
+        return NGX_ERROR;
+    }
+
+    e[0].type = NGX_HTTP_CIVCHAT_REDIS_STRING;
+    ngx_str_set(&e[0].str, "v");
+
+    /* a version that parses: the real one is kept in b->version */
+    e[1].type = NGX_HTTP_CIVCHAT_REDIS_STRING;
+    e[1].str.data = ngx_pnalloc(pool, NGX_INT64_LEN);
+    if (e[1].str.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ngx_sprintf(e[1].str.data, "%uL", c->version ? c->version : 1);
+    e[1].str.len = last - e[1].str.data;
+
+    f = fields->elts;
+
+    for (i = 0; i < fields->nelts; i++) {
+        e[2 + i].type = NGX_HTTP_CIVCHAT_REDIS_STRING;
+        e[2 + i].str = f[i];
+    }
+
+    r->type = NGX_HTTP_CIVCHAT_REDIS_ARRAY;
+    r->elts = e;
+    r->nelts = fields->nelts + 2;
+
+    b->snapshot = r;
+    b->version = c->version;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The copies of a refused plan put back as they were, each keeping the
+ * delta it has now (the plan's own visit was taken out already, other
+ * requests may have added theirs meanwhile), marked stale.
+ */
+
+void
+ngx_http_civchat_cache_restore(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_sync_t *sync)
+{
+    ngx_str_t                    id;
+    ngx_uint_t                   i;
+    ngx_http_civchat_doc_t       doc;
+    ngx_http_civchat_before_t   *b;
+    ngx_http_civchat_cached_t   *c;
+    ngx_http_civchat_profile_t  *p;
+
+    b = sync->before.elts;
+
+    /* the copies as the plan left them, out, their deltas kept */
+
+    for (i = 0; i < sync->before.nelts; i++) {
+        if (b[i].snapshot == NULL) {
+            continue;
+        }
+
+        b[i].views = 0;
+        b[i].sessions = 0;
+        b[i].delta_names = 0;
+        b[i].delta_names_len = 0;
+        b[i].delta_flags = 0;
+
+        p = ngx_http_civchat_cache_own(zone, &b[i].id);
+        c = (p != NULL) ? ngx_http_civchat_cache_of(zone, p) : NULL;
+
+        if (c != NULL) {
+            b[i].views = c->views;
+            b[i].sessions = c->sessions;
+            b[i].delta_names = c->names;
+            b[i].delta_names_len = c->names_len;
+            b[i].delta_flags = c->flags & (NGX_HTTP_CIVCHAT_CACHE_UA
+                                           |NGX_HTTP_CIVCHAT_CACHE_ALL);
+
+            /* (the list of names moves to the copy put back) */
+            c->names = 0;
+            ngx_http_civchat_cache_dirty_off(zone, c);
+        }
+
+        if (p != NULL) {
+            ngx_http_civchat_store_delete(zone, p);
+        }
+    }
+
+    /* the copies before the plan, in */
+
+    for (i = 0; i < sync->before.nelts; i++) {
+        if (b[i].snapshot == NULL) {
+            continue;
+        }
+
+        p = NULL;
+        id = b[i].id;
+
+        if (ngx_http_civchat_doc_parse(sync->pool, &id, b[i].snapshot, &doc)
+            == NGX_OK
+            && ngx_http_civchat_cache_clear_names(zone, &doc) == NGX_OK)
+        {
+            p = ngx_http_civchat_doc_install(zone, &doc);
+        }
+
+        c = (p != NULL) ? ngx_http_civchat_cache_part(zone, p) : NULL;
+
+        if (c == NULL) {
+            /* not put back: it is read from Redis when next needed */
+            ngx_log_error(NGX_LOG_WARN, sync->log, 0,
+                          "civchat zone \"%V\" cannot put back profile "
+                          "\"%V\" after a refused change", &zone->name, &id);
+
+            if (b[i].delta_names) {
+                ngx_http_civchat_store_free(zone,
+                              ngx_http_civchat_cache_ptr(zone,
+                                                         b[i].delta_names));
+            }
+
+            continue;
+        }
+
+        c->flags = NGX_HTTP_CIVCHAT_CACHE_STALE | b[i].delta_flags;
+        c->version = b[i].version;
+        c->gen = ngx_http_civchat_cache_sh(zone)->gen;
+        c->views = b[i].views;
+        c->sessions = b[i].sessions;
+        c->names = b[i].delta_names;
+        c->names_len = b[i].delta_names_len;
+
+        if (c->views || c->sessions || c->names || b[i].delta_flags) {
+            ngx_http_civchat_cache_dirty_on(zone, c);
+        }
+    }
+}

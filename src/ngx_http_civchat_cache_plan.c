@@ -48,8 +48,6 @@ static ngx_http_civchat_write_t *ngx_http_civchat_cache_write(
 static ngx_int_t ngx_http_civchat_cache_forget(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_profile_t *p, ngx_http_civchat_doc_t *doc,
     ngx_http_civchat_cached_t *keep);
-static ngx_int_t ngx_http_civchat_cache_clear_names(
-    ngx_http_civchat_zone_t *zone, ngx_http_civchat_doc_t *doc);
 
 
 /*
@@ -223,15 +221,17 @@ ngx_http_civchat_cache_name(ngx_http_civchat_sync_t *sync, u_char kind,
 
 /*
  * Before the rules: the identities of the profiles the plan's names
- * resolve to, and their deltas, to see afterwards what changed.
+ * resolve to, and their deltas, to see afterwards what changed; and,
+ * when the plan may change an identity, the copies themselves, to put
+ * back if Redis refuses the change.
  */
 
 ngx_int_t
 ngx_http_civchat_cache_before(ngx_http_civchat_zone_t *zone,
-    ngx_http_civchat_sync_t *sync)
+    ngx_http_civchat_plan_t *plan, ngx_http_civchat_sync_t *sync)
 {
     ngx_str_t                    id;
-    ngx_uint_t                   i;
+    ngx_uint_t                   i, identity;
     ngx_http_civchat_name_t     *n;
     ngx_http_civchat_index_t    *ix;
     ngx_http_civchat_cached_t   *c;
@@ -240,6 +240,11 @@ ngx_http_civchat_cache_before(ngx_http_civchat_zone_t *zone,
 
     sync->before.nelts = 0;
     sync->writes.nelts = 0;
+
+    identity = plan->user_id.len || plan->email.len
+               || (plan->op != NGX_HTTP_CIVCHAT_OP_VISIT
+                   && plan->op != NGX_HTTP_CIVCHAT_OP_TOUCH
+                   && plan->op != NGX_HTTP_CIVCHAT_OP_READ);
 
     for (i = 0; i < sync->nnames; i++) {
         n = &sync->names[i];
@@ -284,6 +289,13 @@ ngx_http_civchat_cache_before(ngx_http_civchat_zone_t *zone,
 
         b->views = c->views;
         b->sessions = c->sessions;
+
+        if (identity && !(c->flags & NGX_HTTP_CIVCHAT_CACHE_NEW)
+            && ngx_http_civchat_cache_snapshot(zone, p, c, sync->pool, b)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
     }
 
     return NGX_OK;
@@ -878,7 +890,7 @@ ngx_http_civchat_cache_forget(ngx_http_civchat_zone_t *zone,
 
 /* the cached profiles that hold a name of the document, out */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_civchat_cache_clear_names(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_doc_t *doc)
 {
@@ -1046,6 +1058,9 @@ ngx_http_civchat_cache_undo(ngx_http_civchat_zone_t *zone,
             c->flags |= NGX_HTTP_CIVCHAT_CACHE_STALE;
         }
     }
+
+    /* the copies as they were before the plan, stale */
+    ngx_http_civchat_cache_restore(zone, sync);
 
     /* every name is asked again: the stale copies are read again */
 

@@ -172,6 +172,15 @@ typedef struct {
     ngx_array_t                   names;     /* ngx_http_civchat_name_t */
     uint32_t                      views;     /* its delta before */
     uint32_t                      sessions;
+
+    /* the whole copy, as Redis would answer it, to undo an identity
+       change (cache_snapshot(), cache_restore()) */
+    ngx_http_civchat_redis_reply_t  *snapshot;
+    uint64_t                      version;
+    uint32_t                      delta_names;
+    uint16_t                      delta_names_len;
+    u_char                        delta_flags;
+
     unsigned                      dirty:1;
     unsigned                      gone:1;    /* merged or erased */
     unsigned                      written:1; /* after: its document is */
@@ -281,7 +290,14 @@ void ngx_http_civchat_cache_dirty_off(ngx_http_civchat_zone_t *zone,
 ngx_int_t ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_plan_t *plan, ngx_http_civchat_sync_t *sync);
 ngx_int_t ngx_http_civchat_cache_before(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_plan_t *plan, ngx_http_civchat_sync_t *sync);
+ngx_int_t ngx_http_civchat_cache_snapshot(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_profile_t *p, ngx_http_civchat_cached_t *c,
+    ngx_pool_t *pool, ngx_http_civchat_before_t *b);
+void ngx_http_civchat_cache_restore(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_sync_t *sync);
+ngx_int_t ngx_http_civchat_cache_clear_names(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_doc_t *doc);
 ngx_int_t ngx_http_civchat_cache_after(ngx_http_civchat_zone_t *zone,
     ngx_http_civchat_plan_t *plan, ngx_http_civchat_result_t *res,
     ngx_http_civchat_sync_t *sync);

@@ -188,7 +188,7 @@ ngx_http_civchat_zone_apply(ngx_http_civchat_zone_t *zone,
         rc = ngx_http_civchat_cache_needs(zone, plan, sync);
 
         if (rc == NGX_OK) {
-            rc = ngx_http_civchat_cache_before(zone, sync);
+            rc = ngx_http_civchat_cache_before(zone, plan, sync);
 
         } else if (rc == NGX_AGAIN) {
             res->needs = NGX_HTTP_CIVCHAT_NEEDS_REDIS;

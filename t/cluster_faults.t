@@ -14,8 +14,9 @@
 # 30 seconds: with redis_down=cache a visitor whose profile is cached
 # is answered 200 and its page views reach Redis once it is back, a new
 # visitor or an identity change gets 503 with Retry-After, the zone with
-# redis_down=refuse answers 503; error.log has no [alert] (a visitor
-# locked out by its refused identity change is a TODO, saying why).
+# redis_down=refuse answers 503, a visitor whose identity change got a
+# 503 is answered from its copy as it was before; error.log has no
+# [alert].
 # And the configuration's errors: redis= naming no civchat_redis,
 # state= with redis=, a zone moved to or from Redis by a reload
 # (refused, the old configuration goes on).
@@ -331,7 +332,7 @@ subtest 'all of Redis down for 30 s' => sub {
 			$seen{'new ' . $r->status . ' ' . ($r->error // '') . ' '
 				. ($r->header('Retry-After') // 'none')}++;
 
-			# (the first time on each host: what follows is a TODO)
+			# (once on each host; @w409: never answered but 503)
 			$r = $w->on($h)->init({ user_id => uid() });
 			$seen{'identify ' . $r->status . ' ' . ($r->error // '')}++
 				unless $first{$h}++;
@@ -365,15 +366,9 @@ subtest 'all of Redis down for 30 s' => sub {
 		'outage, redis_down=refuse: 503 store_unavailable, Retry-After: 1');
 	ok(!grep(/^\w+ 0 /, keys %seen), 'outage: every request answered');
 
-	{
-		local $TODO = 'an identity change refused with a 503 leaves its '
-			. 'plan in the cache (cache_undo() marks the copy stale but '
-			. 'keeps the key it retired): with Redis down the stale copy '
-			. 'is used as it is, and the visitor\'s own key answers 409 '
-			. 'key_replaced';
-		is(join(' ', @w409), '', 'outage: the visitor whose identity change '
-			. 'got a 503 is answered 200 after it, and 503 again');
-	}
+	is(join(' ', @w409), '', 'outage: the visitor whose identity change '
+		. 'got a 503 is answered 200 after it, and 503 again (the change '
+		. 'undone in the cache)');
 
 	$rc->start_all();
 	$cl->wait_subscribed(20);
