@@ -540,6 +540,78 @@ ngx_http_civchat_cache_dirty(ngx_http_civchat_zone_t *zone, ngx_pool_t *pool,
 }
 
 
+/* the cached profiles that hold a name of the document, out */
+
+ngx_int_t
+ngx_http_civchat_cache_clear_names(ngx_http_civchat_zone_t *zone,
+    ngx_http_civchat_doc_t *doc)
+{
+    size_t                       i, k;
+    json_t                      *v, *list;
+    ngx_str_t                    value;
+    ngx_http_civchat_index_t    *ix;
+    ngx_http_civchat_profile_t  *p;
+
+    static const char  *lists[] = { "aliases", "unproved", "retired" };
+
+    static struct {
+        const char  *field;
+        u_char       kind;
+    } singles[] = {
+        { "key", NGX_HTTP_CIVCHAT_BY_KEY },
+        { "user_id", NGX_HTTP_CIVCHAT_BY_USER_ID },
+        { "email", NGX_HTTP_CIVCHAT_BY_EMAIL }
+    };
+
+    for (i = 0; i < sizeof(singles) / sizeof(singles[0]); i++) {
+        v = json_object_get(doc->identity, singles[i].field);
+
+        if (!json_is_string(v)) {
+            continue;
+        }
+
+        value.data = (u_char *) json_string_value(v);
+        value.len = json_string_length(v);
+
+        ix = ngx_http_civchat_store_index(zone, singles[i].kind, &value);
+
+        if (ix != NULL) {
+            p = ngx_http_civchat_store_owner(zone, ix);
+
+            if (ngx_http_civchat_cache_remove(zone, p) != NGX_OK) {
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    for (k = 0; k < sizeof(lists) / sizeof(lists[0]); k++) {
+        list = json_object_get(doc->identity, lists[k]);
+
+        json_array_foreach(list, i, v) {
+            if (!json_is_string(v)) {
+                continue;
+            }
+
+            value.data = (u_char *) json_string_value(v);
+            value.len = json_string_length(v);
+
+            ix = ngx_http_civchat_store_index(zone, NGX_HTTP_CIVCHAT_BY_KEY,
+                                              &value);
+
+            if (ix != NULL) {
+                p = ngx_http_civchat_store_owner(zone, ix);
+
+                if (ngx_http_civchat_cache_remove(zone, p) != NGX_OK) {
+                    return NGX_DECLINED;
+                }
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 /*
  * A copy as Redis would answer it (HGETALL), to put back when the plan
  * that changes it is refused: its identity is then as it was, not as

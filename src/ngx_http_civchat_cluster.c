@@ -673,11 +673,9 @@ ngx_http_civchat_cluster_ask(ngx_http_civchat_sync_t *sync, ngx_uint_t what,
             return NGX_ERROR;
         }
 
-        ask->cmd = ngx_http_civchat_redis_command(sync->zone->cluster->redis,
-                                                  &argv[1], 2, argv,
-                                                  sync->pool,
-                                                  ngx_http_civchat_cluster_answer,
-                                                  ask);
+        ask->cmd = ngx_http_civchat_redis_command(
+                       sync->zone->cluster->redis, &argv[1], 2, argv,
+                       sync->pool, ngx_http_civchat_cluster_answer, ask);
     }
 
     if (ask->cmd == NULL) {
