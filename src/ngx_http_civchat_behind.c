@@ -133,6 +133,10 @@ ngx_http_civchat_behind_message(void *data, ngx_str_t *channel,
                 cl->heard = 1;
             }
 
+            /* Redis answers again: requests ask it at once */
+            cl->quiet = 0;
+            cl->quiet_for = 0;
+
             ngx_http_civchat_zone_listen(cl->zone, 1);
 
         } else if (cl->heard) {

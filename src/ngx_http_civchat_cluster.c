@@ -58,6 +58,8 @@ typedef struct {
 
 static void ngx_http_civchat_cluster_cleanup(void *data);
 static void ngx_http_civchat_cluster_cancel(ngx_http_civchat_sync_t *sync);
+static ngx_uint_t ngx_http_civchat_cluster_quiet(
+    ngx_http_civchat_cluster_t *cl);
 static void ngx_http_civchat_cluster_next(ngx_http_civchat_sync_t *sync);
 static void ngx_http_civchat_cluster_finish(ngx_http_civchat_sync_t *sync,
     ngx_int_t rc);
@@ -191,6 +193,18 @@ ngx_http_civchat_cluster_run(ngx_http_civchat_sync_t *sync, ngx_uint_t needs,
     sync->data = data;
     sync->waiting = 0;
     sync->cmds.nelts = 0;
+    sync->unanswered = 0;
+
+    if (ngx_http_civchat_cluster_quiet(sync->zone->cluster)) {
+        /* answered from the cache, or refused, at once */
+        ngx_http_civchat_cluster_count(sync->zone, down);
+
+        if (needs & NGX_HTTP_CIVCHAT_NEEDS_WRITE) {
+            ngx_http_civchat_zone_written(sync->zone, sync, NGX_ERROR);
+        }
+
+        return NGX_ERROR;
+    }
 
     if (needs & NGX_HTTP_CIVCHAT_NEEDS_WRITE) {
         ngx_http_civchat_cluster_count(sync->zone, writes);
@@ -217,6 +231,31 @@ ngx_http_civchat_cluster_run(ngx_http_civchat_sync_t *sync, ngx_uint_t needs,
     }
 
     return NGX_DONE;
+}
+
+
+/*
+ * Redis did not answer a moment ago (NGX_HTTP_CIVCHAT_CLUSTER_QUIET,
+ * doubled while it goes on not answering): the requests of that moment
+ * do not each wait for the client's timeout; the first one after it
+ * asks again, and all do once the change channel is made again.
+ */
+
+static ngx_uint_t
+ngx_http_civchat_cluster_quiet(ngx_http_civchat_cluster_t *cl)
+{
+    if (!cl->quiet) {
+        return 0;
+    }
+
+    if ((ngx_msec_int_t) (ngx_current_msec - cl->quiet_at)
+        >= (ngx_msec_int_t) cl->quiet_for)
+    {
+        cl->quiet = 0;
+        return 0;
+    }
+
+    return 1;
 }
 
 
@@ -303,9 +342,24 @@ ngx_http_civchat_cluster_next(ngx_http_civchat_sync_t *sync)
 static void
 ngx_http_civchat_cluster_finish(ngx_http_civchat_sync_t *sync, ngx_int_t rc)
 {
-    ngx_msec_t  delay;
+    ngx_msec_t                   delay;
+    ngx_http_civchat_cluster_t  *cl;
 
     sync->phase = 0;
+    cl = sync->zone->cluster;
+
+    if (rc == NGX_ERROR && sync->unanswered) {
+        cl->quiet = 1;
+        cl->quiet_at = ngx_current_msec;
+        cl->quiet_for = cl->quiet_for
+                        ? ngx_min(cl->quiet_for * 2,
+                                  NGX_HTTP_CIVCHAT_CLUSTER_QUIET_MAX)
+                        : NGX_HTTP_CIVCHAT_CLUSTER_QUIET;
+
+    } else if (rc != NGX_ERROR) {
+        cl->quiet = 0;
+        cl->quiet_for = 0;
+    }
 
     if (rc == NGX_DECLINED) {
         ngx_http_civchat_cluster_count(sync->zone, conflicts);
@@ -451,7 +505,9 @@ ngx_http_civchat_cluster_flushed(void *data, ngx_int_t rc)
     ngx_free(ask);
 
     if (rc == NGX_ERROR) {
+        /* (behind.c: no answer, or one it could not take) */
         sync->rc = NGX_ERROR;
+        sync->unanswered = 1;
     }
 
     if (--sync->waiting == 0) {
@@ -701,6 +757,8 @@ ngx_http_civchat_cluster_answer(void *data, ngx_int_t rc,
     sync = ask->sync;
 
     ngx_http_civchat_cluster_drop(sync, ask);
+
+    sync->unanswered |= (rc != NGX_OK);
 
     if (rc != NGX_OK || reply->type == NGX_HTTP_CIVCHAT_REDIS_ERROR) {
         ngx_log_error(NGX_LOG_ERR, sync->log, 0,
@@ -1015,6 +1073,8 @@ ngx_http_civchat_cluster_wrote(void *data, ngx_int_t rc,
     w = ask->w;
 
     ngx_http_civchat_cluster_drop(sync, ask);
+
+    sync->unanswered |= (rc != NGX_OK);
 
     if (rc != NGX_OK || reply->type == NGX_HTTP_CIVCHAT_REDIS_ERROR) {
         ngx_log_error(NGX_LOG_ERR, sync->log, 0,

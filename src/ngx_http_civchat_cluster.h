@@ -76,6 +76,12 @@
    again (ms) */
 #define NGX_HTTP_CIVCHAT_CLUSTER_BACKOFF  50
 
+/* once Redis has not answered, how long requests do not ask it (ms):
+   doubled each time it still does not, until the change channel is
+   made again */
+#define NGX_HTTP_CIVCHAT_CLUSTER_QUIET    1000
+#define NGX_HTTP_CIVCHAT_CLUSTER_QUIET_MAX  8000
+
 
 /* a profile's cache part, in the zone (profile->cache is its offset) */
 typedef struct {
@@ -135,8 +141,11 @@ struct ngx_http_civchat_cluster_s {
     ngx_event_t                   flush_ev;
     ngx_uint_t                    flushing;  /* scripts on their way */
     ngx_msec_t                    exit_start;
+    ngx_msec_t                    quiet_at;  /* when Redis did not answer */
+    ngx_msec_t                    quiet_for; /* and how long it is let be */
     ngx_log_t                    *log;
     unsigned                      heard:1;   /* subscribed, as far as known */
+    unsigned                      quiet:1;   /* ... and has not since */
 };
 
 
@@ -266,6 +275,7 @@ struct ngx_http_civchat_sync_s {
     ngx_uint_t                    conflicts;
     ngx_event_t                   backoff;   /* before applying again */
     unsigned                      degraded:1; /* Redis is not answering */
+    unsigned                      unanswered:1; /* a command got no reply */
     unsigned                      trusted:1;  /* the server API: write
                                                  through */
 };
