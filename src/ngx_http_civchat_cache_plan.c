@@ -54,6 +54,8 @@ static ngx_int_t ngx_http_civchat_cache_forget(ngx_http_civchat_zone_t *zone,
  * NGX_AGAIN when the plan names what the cache cannot answer fresh:
  * sync->fetch lists the names Redis must be asked, sync->flush the
  * profiles whose deltas must be written before they are read again.
+ * The server API's plans read through: what another host changed a
+ * moment ago is seen before its change channel message arrives.
  */
 
 ngx_int_t
@@ -116,7 +118,9 @@ ngx_http_civchat_cache_needs(ngx_http_civchat_zone_t *zone,
             p = ngx_http_civchat_store_owner(zone, ix);
             c = ngx_http_civchat_cache_of(zone, p);
 
-            if (sync->degraded || ngx_http_civchat_cache_fresh(zone, c)) {
+            if (sync->degraded
+                || (ngx_http_civchat_cache_fresh(zone, c) && !plan->trusted))
+            {
                 continue;
             }
 
