@@ -263,6 +263,17 @@ ngx_http_civchat_live_redis_tell(ngx_http_civchat_zone_t *zone,
     ev = events->elts;
 
     for (i = from; i < events->nelts; i++) {
+        if (ev[i].type == NGX_HTTP_CIVCHAT_EV_USER_CREATED && !ev[i].other) {
+            /*
+             * the request made the profile: no stream can be open for
+             * it on any host (a stream needs a known key), so a new
+             * visitor's changes cost Redis nothing
+             */
+            return;
+        }
+    }
+
+    for (i = from; i < events->nelts; i++) {
         rc = ngx_http_civchat_live_note(pool, &ev[i], &text);
 
         if (rc == NGX_DECLINED) {
