@@ -14,8 +14,8 @@
 /*
  * Events are collected while the zone is locked (with only their own
  * data) and written after it is unlocked, each as one NDJSON line with
- * the fixed envelope of SPEC §5: every field present, so that one table
- * with fixed columns holds them all.
+ * the fixed envelope of README "Events": every field present, so that
+ * one table with fixed columns holds them all.
  */
 
 

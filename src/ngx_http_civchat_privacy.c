@@ -12,9 +12,10 @@
 
 
 /*
- * Enrichment and privacy decisions made before identity (SPEC §8): the
- * GeoIP lookup on the full client address, then its anonymisation,
- * Global Privacy Control / Do Not Track, and the bot classifier.
+ * Enrichment and privacy decisions made before identity (README
+ * "Privacy and enrichment"): the GeoIP lookup on the full client
+ * address, then its anonymisation, Global Privacy Control / Do Not
+ * Track, and the bot classifier.
  */
 
 

@@ -2,14 +2,14 @@
 
 # (C) civchat developers
 
-# Tests for the server API (SPEC §9, issue 6): the token (nginx -t and
-# every way a request can fail it), reading a profile by key, user_id
-# and email, PUT/PATCH updates with the widget's attribute rules plus
-# user_id, email and removal with null, POST create-or-update on a URL
-# and on /users, numeric user_ids, emails in any case, conflicts, the
-# profile_updated, user_created and user_deleted events, and erasure:
-# the profile, its aliases and index entries gone from the zone and the
-# state file.  The batch import is in t/api_import.t.
+# Tests for the server API (README "Server API", issue 6): the token
+# (nginx -t and every way a request can fail it), reading a profile by
+# key, user_id and email, PUT/PATCH updates with the widget's attribute
+# rules plus user_id, email and removal with null, POST create-or-update
+# on a URL and on /users, numeric user_ids, emails in any case,
+# conflicts, the profile_updated, user_created and user_deleted events,
+# and erasure: the profile, its aliases and index entries gone from the
+# zone and the state file. The batch import is in t/api_import.t.
 
 ###############################################################################
 

@@ -2,7 +2,7 @@
 
 # (C) civchat developers
 
-# Tests for the server API's batch import (SPEC §9, issue 6): CSV
+# Tests for the server API's batch import (README "Server API", issue 6): CSV
 # (RFC 4180: quotes, doubled quotes, commas and line breaks inside
 # quotes, CRLF) and NDJSON, a result for every row, a bad row (invalid
 # JSON, an unclosed quote, more fields than the header, no id) an error
