@@ -700,14 +700,14 @@ ngx_http_civchat_cache_restore(ngx_http_civchat_zone_t *zone,
             continue;
         }
 
-        b[i].views = 0;
-        b[i].sessions = 0;
         b[i].delta_names = 0;
         b[i].delta_names_len = 0;
         b[i].delta_flags = 0;
 
         p = ngx_http_civchat_cache_own(zone, &b[i].id);
         c = (p != NULL) ? ngx_http_civchat_cache_of(zone, p) : NULL;
+
+        /* (gone with the plan, a merged profile keeps its counts before) */
 
         if (c != NULL) {
             b[i].views = c->views;
